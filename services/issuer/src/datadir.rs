@@ -1,0 +1,425 @@
+//! The embedded store's data directory (SPEC §7).
+//!
+//! ```text
+//! baton-data/            0700
+//!   config.toml          0644  issuer configuration written by `baton init`
+//!   bundle.pem           0644  trust bundle: the root CA certificate(s), issuing CA first
+//!   ca.key.sealed        0600  the root CA's private key, sealed under the KEK
+//!   kek                  0600  dev key-encryption key (only when BATON_KEK_FILE was not set)
+//!   join-tokens/         0700  one record per outstanding join token, named by its hash
+//! ```
+//!
+//! No file holds a private key in plain text. The directory is created whole or not
+//! at all: `init` builds it under a temporary name and renames it into place.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_proto::TrustDomain;
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::fsio::{self, Mode};
+use crate::pki::{self, CertificateAuthority, PkiError};
+use crate::seal::{Kek, SealError};
+
+const BUNDLE: &str = "bundle.pem";
+const CA_KEY: &str = "ca.key.sealed";
+const DEV_KEK: &str = "kek";
+const CONFIG: &str = "config.toml";
+const JOIN_TOKENS: &str = "join-tokens";
+const CA_KEY_PURPOSE: &str = "ca-key";
+const MAX_BUNDLE_BYTES: u64 = 1024 * 1024;
+
+/// Where the key-encryption key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KekSource {
+    /// An operator-managed file (`BATON_KEK_FILE`), kept apart from the data.
+    File(PathBuf),
+    /// The dev KEK stored in the data directory itself.
+    Dev,
+}
+
+/// Why the data directory could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// No data directory at that path.
+    #[error("{path} is not a Baton data directory (no {BUNDLE}); run `baton init` first")]
+    NotInitialized {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// `init` found an existing, non-empty directory.
+    #[error("{path} already exists and is not empty; refusing to overwrite it")]
+    AlreadyInitialized {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// No KEK is available for this data directory.
+    #[error(
+        "no key-encryption key: set BATON_KEK_FILE to the key this data directory was sealed with ({path} does not exist)"
+    )]
+    KekMissing {
+        /// Where the dev KEK would be.
+        path: PathBuf,
+    },
+    /// A file of the data directory is unreadable or malformed.
+    #[error("{path}: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing failed.
+    #[error("{path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Sealing or unsealing failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The CA could not be created or loaded.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A data directory, by path. Nothing is read until [`DataDir::open`].
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+/// What `init` made.
+#[derive(Debug)]
+pub struct Initialized {
+    /// The opened data directory.
+    pub store: OpenDataDir,
+    /// Whether a dev KEK was written into the data directory.
+    pub dev_kek: bool,
+}
+
+/// An opened data directory: KEK loaded, CA unsealed.
+#[derive(Debug)]
+pub struct OpenDataDir {
+    dir: DataDir,
+    kek: Kek,
+    ca: CertificateAuthority,
+    bundle_pem: String,
+}
+
+impl DataDir {
+    /// Names the data directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The trust bundle file.
+    pub fn bundle_path(&self) -> PathBuf {
+        self.root.join(BUNDLE)
+    }
+
+    /// The default configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join(CONFIG)
+    }
+
+    /// The directory of outstanding join tokens.
+    pub fn join_tokens_path(&self) -> PathBuf {
+        self.root.join(JOIN_TOKENS)
+    }
+
+    fn dev_kek_path(&self) -> PathBuf {
+        self.root.join(DEV_KEK)
+    }
+
+    /// Whether `init` has run here.
+    pub fn exists(&self) -> bool {
+        self.bundle_path().is_file()
+    }
+
+    /// Creates a new trust domain here: root CA, sealed CA key, dev KEK (unless the KEK
+    /// comes from a file), default configuration. Fails if the directory is not empty.
+    pub fn init(
+        &self,
+        trust_domain: &TrustDomain,
+        kek_source: &KekSource,
+        ca_ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Initialized, DataDirError> {
+        let non_empty = match std::fs::read_dir(&self.root) {
+            Ok(mut entries) => entries.next().is_some(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io_err(&self.root)(e)),
+        };
+        if non_empty {
+            return Err(DataDirError::AlreadyInitialized {
+                path: self.root.clone(),
+            });
+        }
+
+        let staging = self.staging_path()?;
+        let result = self.populate(&staging, trust_domain, kek_source, ca_ttl, now);
+        let result = result.and_then(|()| {
+            // rename(2) replaces an empty directory atomically; the whole trust domain
+            // appears at once or not at all.
+            std::fs::rename(&staging, &self.root).map_err(io_err(&self.root))?;
+            fsio::sync_dir(fsio::parent_dir(&self.root)).map_err(io_err(&self.root))
+        });
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        let store = self.open(kek_source)?;
+        Ok(Initialized {
+            store,
+            dev_kek: *kek_source == KekSource::Dev,
+        })
+    }
+
+    fn staging_path(&self) -> Result<PathBuf, DataDirError> {
+        let name = self
+            .root
+            .file_name()
+            .ok_or_else(|| DataDirError::Malformed {
+                path: self.root.clone(),
+                reason: "data directory path has no final component".into(),
+            })?
+            .to_string_lossy();
+        let parent = fsio::parent_dir(&self.root);
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        let mut nonce = [0u8; 6];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .map_err(|_| SealError::Random)?;
+        Ok(parent.join(format!(".{name}.init-{}", fsio::hex(&nonce))))
+    }
+
+    fn populate(
+        &self,
+        staging: &Path,
+        trust_domain: &TrustDomain,
+        kek_source: &KekSource,
+        ca_ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<(), DataDirError> {
+        fsio::create_private_dir(staging).map_err(io_err(staging))?;
+        let kek = match kek_source {
+            KekSource::File(path) => Kek::load(path)?,
+            KekSource::Dev => Kek::create_file(&staging.join(DEV_KEK))?,
+        };
+        let ca = CertificateAuthority::create(trust_domain, ca_ttl, now)?;
+        kek.seal_to_file(&staging.join(CA_KEY), CA_KEY_PURPOSE, ca.key_pkcs8())?;
+        let bundle = staging.join(BUNDLE);
+        fsio::write_atomic(&bundle, ca.cert_pem().as_bytes(), Mode::Public)
+            .map_err(io_err(&bundle))?;
+        let config = staging.join(CONFIG);
+        fsio::write_atomic(&config, Config::default_file().as_bytes(), Mode::Public)
+            .map_err(io_err(&config))?;
+        Ok(())
+    }
+
+    /// Opens an initialized data directory: loads the KEK, the bundle and the CA.
+    pub fn open(&self, kek_source: &KekSource) -> Result<OpenDataDir, DataDirError> {
+        let bundle_path = self.bundle_path();
+        if !bundle_path.is_file() {
+            return Err(DataDirError::NotInitialized {
+                path: self.root.clone(),
+            });
+        }
+        let kek = match kek_source {
+            KekSource::File(path) => Kek::load(path)?,
+            KekSource::Dev => {
+                let path = self.dev_kek_path();
+                if !path.exists() {
+                    return Err(DataDirError::KekMissing { path });
+                }
+                Kek::load(&path)?
+            }
+        };
+        let bundle_bytes =
+            fsio::read_bounded(&bundle_path, MAX_BUNDLE_BYTES).map_err(io_err(&bundle_path))?;
+        let malformed = |reason: &str| DataDirError::Malformed {
+            path: bundle_path.clone(),
+            reason: reason.to_owned(),
+        };
+        let certs = pki::pem_certificates(&bundle_bytes).map_err(malformed)?;
+        let bundle_pem = String::from_utf8(bundle_bytes).map_err(|_| malformed("not UTF-8"))?;
+        let key_path = self.root.join(CA_KEY);
+        let key = kek.open_file(&key_path, CA_KEY_PURPOSE)?;
+        // The issuing CA is the bundle's first certificate; later ones are older roots
+        // still trusted during a CA rollover.
+        let ca = CertificateAuthority::from_parts(&certs[0], &key)?;
+        Ok(OpenDataDir {
+            dir: self.clone(),
+            kek,
+            ca,
+            bundle_pem,
+        })
+    }
+}
+
+impl OpenDataDir {
+    /// The data directory.
+    pub fn dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    /// The root CA, key unsealed.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// The key-encryption key.
+    pub fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
+    /// The trust bundle, PEM.
+    pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    fn init_dev(root: &Path) -> Initialized {
+        DataDir::new(root)
+            .init(
+                &td(),
+                &KekSource::Dev,
+                pki::DEFAULT_CA_TTL,
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn init_creates_a_private_directory_that_reopens_to_the_same_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("baton-data");
+        let made = init_dev(&root);
+        assert!(made.dev_kek);
+        let mode = fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        for (name, want) in [
+            ("kek", 0o600),
+            ("ca.key.sealed", 0o600),
+            ("bundle.pem", 0o644),
+        ] {
+            let mode = fs::metadata(root.join(name)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, want, "{name}");
+        }
+        let opened = DataDir::new(&root).open(&KekSource::Dev).unwrap();
+        assert_eq!(opened.ca().cert_der(), made.store.ca().cert_der());
+        assert_eq!(opened.ca().trust_domain(), &td());
+        // Nothing but the data directory is left in the parent.
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn init_refuses_a_non_empty_directory_and_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("d");
+        init_dev(&root);
+        let before = fs::read(root.join("bundle.pem")).unwrap();
+        let err = DataDir::new(&root)
+            .init(
+                &td(),
+                &KekSource::Dev,
+                pki::DEFAULT_CA_TTL,
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, DataDirError::AlreadyInitialized { .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read(root.join("bundle.pem")).unwrap(), before);
+    }
+
+    #[test]
+    fn init_into_an_existing_empty_directory_works() {
+        let tmp = tempfile::tempdir().unwrap();
+        init_dev(tmp.path());
+        assert!(DataDir::new(tmp.path()).exists());
+    }
+
+    #[test]
+    fn external_kek_is_used_and_required_afterwards() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kek_path = tmp.path().join("kek.secret");
+        Kek::create_file(&kek_path).unwrap();
+        let root = tmp.path().join("d");
+        let made = DataDir::new(&root)
+            .init(
+                &td(),
+                &KekSource::File(kek_path.clone()),
+                pki::DEFAULT_CA_TTL,
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        assert!(!made.dev_kek);
+        assert!(!root.join("kek").exists());
+        let err = DataDir::new(&root).open(&KekSource::Dev).unwrap_err();
+        assert!(matches!(err, DataDirError::KekMissing { .. }), "{err}");
+        DataDir::new(&root)
+            .open(&KekSource::File(kek_path))
+            .unwrap();
+    }
+
+    #[test]
+    fn wrong_kek_and_corruption_are_clear_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("d");
+        init_dev(&root);
+        let other = tmp.path().join("other-kek");
+        Kek::create_file(&other).unwrap();
+        let err = DataDir::new(&root)
+            .open(&KekSource::File(other))
+            .unwrap_err();
+        assert!(
+            matches!(err, DataDirError::Seal(SealError::WrongKek { .. })),
+            "{err}"
+        );
+
+        fs::write(root.join("ca.key.sealed"), b"{\"garbage\":true}").unwrap();
+        let err = DataDir::new(&root).open(&KekSource::Dev).unwrap_err();
+        assert!(
+            matches!(err, DataDirError::Seal(SealError::Corrupt { .. })),
+            "{err}"
+        );
+
+        fs::write(root.join("bundle.pem"), b"not pem").unwrap();
+        let err = DataDir::new(&root).open(&KekSource::Dev).unwrap_err();
+        assert!(matches!(err, DataDirError::Malformed { .. }), "{err}");
+
+        let err = DataDir::new(tmp.path().join("nope"))
+            .open(&KekSource::Dev)
+            .unwrap_err();
+        assert!(matches!(err, DataDirError::NotInitialized { .. }), "{err}");
+    }
+}
