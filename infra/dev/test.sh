@@ -3,4 +3,7 @@
 # end-to-end ones drive the real `baton` binary and openssl).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# `cargo test` builds a package's binaries only for that package's own integration
+# tests; the workspace-level tests in tests/ need `baton` built explicitly.
+cargo build --workspace --locked --bins
 exec cargo test --workspace --locked "$@"
