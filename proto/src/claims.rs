@@ -78,8 +78,10 @@ impl fmt::Display for JwsAlgorithm {
 pub struct JoseHeader {
     /// Signing algorithm; checked against the key's own algorithm, never trusted alone.
     pub alg: JwsAlgorithm,
-    /// Media type: [`TOKEN_TYP`] for access tokens; assertions may carry `JWT`.
-    pub typ: String,
+    /// Media type: [`TOKEN_TYP`] for access tokens (required there, RFC 9068 §2.1);
+    /// client assertions may carry `JWT` or nothing (RFC 7523 does not require it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typ: Option<String>,
     /// Key id of the signing key in the issuer's JWKS (access tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
@@ -91,7 +93,8 @@ pub struct JoseHeader {
 #[derive(Deserialize)]
 struct HeaderRepr {
     alg: JwsAlgorithm,
-    typ: String,
+    #[serde(default)]
+    typ: Option<String>,
     #[serde(default)]
     kid: Option<String>,
     #[serde(default)]

@@ -132,7 +132,7 @@ proptest! {
         kid in prop::option::of("[A-Za-z0-9_-]{1,32}"),
         x5c in prop::option::of(prop::collection::vec("[A-Za-z0-9+/]{4,64}", 1..4)),
     ) {
-        let h = JoseHeader { alg, typ: "at+jwt".into(), kid, x5c };
+        let h = JoseHeader { alg, typ: Some("at+jwt".into()), kid, x5c };
         prop_assert_eq!(roundtrip(&h), h);
     }
 
@@ -282,7 +282,7 @@ fn header_unknown_members_are_ignored() {
 fn header_omits_absent_members() {
     let h = JoseHeader {
         alg: JwsAlgorithm::EdDsa,
-        typ: "at+jwt".into(),
+        typ: Some("at+jwt".into()),
         kid: None,
         x5c: None,
     };

@@ -1,10 +1,17 @@
-//! The Baton issuer: the trust domain's CA, sealed state, and (with later issues) the
-//! token service. The `baton` binary is a thin command-line layer over these modules.
+//! The Baton issuer: the trust domain's CA, sealed state, attestation, policy, the
+//! signing keyring and token minting. The `baton` binary is a thin command-line
+//! layer over these modules.
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod config;
 pub mod datadir;
+pub mod deny;
 pub mod fsio;
 pub mod join_token;
+pub mod keyring;
+pub mod ledger;
+pub mod mint;
 pub mod pki;
+pub mod policy;
 pub mod seal;

@@ -231,20 +231,66 @@ impl CertificateAuthority {
         if !(MIN_SVID_TTL..=MAX_SVID_TTL).contains(&ttl) {
             return Err(PkiError::Lifetime { asked: ttl });
         }
-        let mut params = CertificateParams::default();
-        // SPIFFE X.509-SVID §2: the identity is the URI SAN; the subject is left empty,
-        // which makes rcgen mark the SAN critical (RFC 5280 §4.2.1.6).
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names =
-            vec![SanType::URI(id.as_str().try_into().map_err(|_| {
-                PkiError::Csr("SPIFFE ID is not an IA5 string")
-            })?)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
+        let san = uri_san(id.as_str())?;
+        let ekus = vec![
             ExtendedKeyUsagePurpose::ClientAuth,
             ExtendedKeyUsagePurpose::ServerAuth,
         ];
+        self.sign_leaf(vec![san], ekus, subject_key, ttl, now)
+    }
+
+    /// Certifies a token-signing key (SPEC §2): its only URI SAN is the reserved
+    /// `spiffe://<td>/baton/token-signer`, which no workload can obtain, so a verifier
+    /// holding just the bundle can tell a signing key from a workload's key.
+    pub fn issue_token_signer(
+        &self,
+        subject_key: &impl PublicKeyData,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, PkiError> {
+        let san = uri_san(self.trust_domain.token_signer_id().as_str())?;
+        // No extended key usage: the certificate authenticates no TLS peer.
+        self.sign_leaf(vec![san], Vec::new(), subject_key, ttl, now)
+    }
+
+    /// Issues the issuer's own TLS server certificate for `dns_names` and `ips`.
+    pub fn issue_server_cert(
+        &self,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        subject_key: &impl PublicKeyData,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, PkiError> {
+        let mut sans = Vec::with_capacity(dns_names.len() + ips.len());
+        for name in dns_names {
+            sans.push(SanType::DnsName(
+                name.as_str()
+                    .try_into()
+                    .map_err(|_| PkiError::Ca("server name is not an IA5 string"))?,
+            ));
+        }
+        sans.extend(ips.iter().copied().map(SanType::IpAddress));
+        let ekus = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign_leaf(sans, ekus, subject_key, ttl, now)
+    }
+
+    fn sign_leaf(
+        &self,
+        sans: Vec<SanType>,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+        subject_key: &impl PublicKeyData,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, PkiError> {
+        let mut params = CertificateParams::default();
+        // SPIFFE X.509-SVID §2: the identity is the SAN; the subject is left empty,
+        // which makes rcgen mark the SAN critical (RFC 5280 §4.2.1.6).
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = ekus;
         params.use_authority_key_identifier_extension = true;
         let now = whole_seconds(now);
         params.not_before = now - CLOCK_SKEW;
@@ -259,6 +305,12 @@ impl CertificateAuthority {
             serial: serial_hex,
         })
     }
+}
+
+fn uri_san(uri: &str) -> Result<SanType, PkiError> {
+    Ok(SanType::URI(uri.try_into().map_err(|_| {
+        PkiError::Ca("SPIFFE ID is not an IA5 string")
+    })?))
 }
 
 /// Checks that `id` may be enrolled as a workload of `trust_domain`: a member of it,
@@ -532,6 +584,59 @@ mod tests {
             ),
             Err(PkiError::Lifetime { .. })
         ));
+    }
+
+    #[test]
+    fn token_signer_cert_carries_only_the_reserved_id_and_no_tls_usage() {
+        let ca = ca();
+        let key = KeyType::EcP256.generate().unwrap();
+        let cert = ca
+            .issue_token_signer(&key, Duration::from_secs(3600), now())
+            .unwrap();
+        let (_, cert) = X509Certificate::from_der(&cert.der).unwrap();
+        let names = &cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
+        assert_eq!(
+            names,
+            &vec![GeneralName::URI("spiffe://example.org/baton/token-signer")]
+        );
+        assert!(!cert.is_ca());
+        assert!(cert.extended_key_usage().unwrap().is_none());
+    }
+
+    #[test]
+    fn server_cert_names_its_hosts() {
+        let ca = ca();
+        let key = KeyType::EcP256.generate().unwrap();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let cert = ca
+            .issue_server_cert(
+                &["localhost".to_owned()],
+                &[ip],
+                &key,
+                Duration::from_secs(3600),
+                now(),
+            )
+            .unwrap();
+        let (_, cert) = X509Certificate::from_der(&cert.der).unwrap();
+        let names = &cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
+        assert_eq!(names.len(), 2);
+        assert!(
+            cert.extended_key_usage()
+                .unwrap()
+                .unwrap()
+                .value
+                .server_auth
+        );
     }
 
     #[test]
