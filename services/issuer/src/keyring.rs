@@ -1,1 +1,1161 @@
-//! (being written)
+//! The token-signing keyring of the embedded store (SPEC §2, §5 JWKS row, §7).
+//!
+//! ```text
+//! baton-data/keyring/        0700
+//!   <kid>.key.sealed         0600  PKCS#8 private key, sealed under the KEK for `signing-key:<kid>`
+//!   keyring.json             0644  index: kid, alg, state, created_at, certificate (public data)
+//! ```
+//!
+//! Every key is certified by the trust domain's CA with the reserved token-signer ID as
+//! its only URI SAN, and published with that certificate in `x5c` (RFC 7517 §4.7), so a
+//! verifier holding only the trust bundle can accept the JWKS from any transport.
+//!
+//! The first start creates one `active` key and one pre-published `next` key, so
+//! verifiers already hold the successor when a rotation promotes it. Sealed keys are
+//! written before the index: a crash in between leaves unreferenced sealed files, never
+//! an index naming a key that does not exist. Every later start re-checks what it reads
+//! (the index is plain JSON anyone with write access could edit): each key must match
+//! its certificate, the certificate must chain to the CA and name the token signer, the
+//! `kid` must be the key's thumbprint, and exactly one key must be active.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use baton_proto::SpiffeId;
+use baton_proto::claims::JwsAlgorithm;
+use baton_proto::jwks::{Jwk, JwkKey, Jwks, MAX_JWKS_KEYS};
+use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ED25519, PublicKeyData, SignatureAlgorithm};
+use ring::rand::SystemRandom;
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, Signature,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::datadir::OpenDataDir;
+use crate::fsio::{self, Mode};
+use crate::pki::PkiError;
+use crate::seal::{Kek, SealError};
+
+/// Lifetime of a signing key's certificate. Rotation (a later change) must promote the
+/// `next` key before the active one's certificate runs out.
+pub const SIGNING_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+const KEYRING_DIR: &str = "keyring";
+const INDEX: &str = "keyring.json";
+const INDEX_VERSION: u8 = 1;
+/// The index lists at most [`MAX_JWKS_KEYS`] keys of under 2 KiB each.
+const MAX_INDEX_BYTES: u64 = 256 * 1024;
+const SEALED_SUFFIX: &str = ".key.sealed";
+/// A kid is a base64url SHA-256 thumbprint (RFC 7638 §3): 43 characters.
+const KID_LEN: usize = 43;
+const RESTORE: &str = "restore the keyring directory from a backup, or move it aside and restart \
+     to create a new keyring (tokens already issued then stop verifying)";
+
+/// Where a signing key is in its life (SPEC §5: the words `keys list --json` prints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Published ahead of use, so verifiers already hold it when it becomes active.
+    Next,
+    /// Signs every new token.
+    Active,
+    /// No longer signs; published until every token it signed has expired.
+    Retired,
+}
+
+impl KeyState {
+    /// The SPEC word: `next`, `active` or `retired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Next => "next",
+            Self::Active => "active",
+            Self::Retired => "retired",
+        }
+    }
+}
+
+impl std::fmt::Display for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the keyring could not be created or loaded. No variant carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    /// Reading or writing a keyring file failed.
+    #[error("cannot access {path}; check that it exists and that baton may read and write it")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The index file does not parse or breaks a structural rule.
+    #[error("{path} is not a valid keyring index ({reason}); {RESTORE}")]
+    Index {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The index does not name exactly one active key.
+    #[error("{path} names {found} active signing keys, but exactly one must be active; {RESTORE}")]
+    ActiveCount {
+        /// The index file.
+        path: PathBuf,
+        /// How many keys are marked active.
+        found: usize,
+    },
+    /// A key's certificate does not parse.
+    #[error("signing key {kid}: its certificate is malformed ({reason}); {RESTORE}")]
+    Certificate {
+        /// The key.
+        kid: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A key's certificate was not issued by this trust domain's CA.
+    #[error(
+        "signing key {kid}: its certificate was not issued by this trust domain's CA (keyring from another data directory?); {RESTORE}"
+    )]
+    NotFromCa {
+        /// The key.
+        kid: String,
+    },
+    /// A key's certificate does not carry exactly the reserved token-signer ID.
+    #[error(
+        "signing key {kid}: its certificate is not an end-entity certificate whose only URI SAN is {expected}; {RESTORE}"
+    )]
+    NotTokenSigner {
+        /// The key.
+        kid: String,
+        /// The ID a signing key must carry.
+        expected: SpiffeId,
+    },
+    /// The unsealed private key is not a valid key of the recorded algorithm.
+    #[error("signing key {kid}: the sealed private key is not a valid {alg} key; {RESTORE}")]
+    KeyUnusable {
+        /// The key.
+        kid: String,
+        /// The algorithm the index records.
+        alg: JwsAlgorithm,
+    },
+    /// The unsealed private key is not the one its certificate certifies.
+    #[error(
+        "signing key {kid}: the sealed private key does not match its certificate (file replaced?); {RESTORE}"
+    )]
+    KeyMismatch {
+        /// The key.
+        kid: String,
+    },
+    /// The recorded kid is not the RFC 7638 thumbprint of the key.
+    #[error(
+        "signing key {kid}: the kid is not the thumbprint of its key (index edited?); {RESTORE}"
+    )]
+    KidMismatch {
+        /// The recorded kid.
+        kid: String,
+    },
+    /// Sealing or unsealing a private key failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The CA could not certify a new key.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// Key generation failed.
+    #[error(
+        "the system random number generator failed; retry, and check the host's entropy source"
+    )]
+    Random,
+}
+
+/// The parsed private key, held once and used for every signature (ring: parse once,
+/// sign many).
+enum KeyPair {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+}
+
+impl KeyPair {
+    fn from_pkcs8(alg: JwsAlgorithm, pkcs8: &[u8]) -> Option<Self> {
+        match alg {
+            // RFC 7518 §3.4: a JWS ECDSA signature is R‖S fixed width, not ASN.1 DER.
+            JwsAlgorithm::Es256 => EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                pkcs8,
+                &SystemRandom::new(),
+            )
+            .ok()
+            .map(Self::Es256),
+            JwsAlgorithm::EdDsa => Ed25519KeyPair::from_pkcs8(pkcs8).ok().map(Self::EdDsa),
+        }
+    }
+
+    fn public_key(&self) -> PublicKey<'_> {
+        match self {
+            Self::Es256(k) => PublicKey {
+                raw: k.public_key().as_ref(),
+                alg: &PKCS_ECDSA_P256_SHA256,
+            },
+            Self::EdDsa(k) => PublicKey {
+                raw: k.public_key().as_ref(),
+                alg: &PKCS_ED25519,
+            },
+        }
+    }
+}
+
+/// A public key as rcgen needs it to certify the key, without handing rcgen a copy of
+/// the private key.
+struct PublicKey<'a> {
+    /// The subjectPublicKey bits: `0x04‖x‖y` for P-256, the 32-byte key for Ed25519.
+    raw: &'a [u8],
+    alg: &'static SignatureAlgorithm,
+}
+
+impl PublicKeyData for PublicKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.raw
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.alg
+    }
+}
+
+impl PublicKey<'_> {
+    fn jwk_key(&self) -> Option<JwkKey> {
+        if self.alg == &PKCS_ED25519 {
+            return (self.raw.len() == 32).then(|| JwkKey::Ed25519 {
+                x: URL_SAFE_NO_PAD.encode(self.raw),
+            });
+        }
+        // SEC 1 §2.3.3 uncompressed point; RFC 7518 §6.2.1.2: each coordinate full width.
+        match self.raw {
+            [0x04, xy @ ..] if xy.len() == 64 => Some(JwkKey::P256 {
+                x: URL_SAFE_NO_PAD.encode(&xy[..32]),
+                y: URL_SAFE_NO_PAD.encode(&xy[32..]),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// RFC 7638 §3.2 JWK thumbprint: base64url SHA-256 of the required members in
+/// lexicographic order with no white space (RFC 8037 §2 for OKP).
+fn thumbprint(key: &JwkKey) -> String {
+    // The members are base64url strings, so no JSON escaping is needed.
+    let canonical = match key {
+        JwkKey::P256 { x, y } => format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#),
+        JwkKey::Ed25519 { x } => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
+    };
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ))
+}
+
+/// One token-signing key: its certificate, public JWK and parsed private key.
+pub struct SigningKey {
+    kid: String,
+    alg: JwsAlgorithm,
+    state: KeyState,
+    created_at: OffsetDateTime,
+    not_after: OffsetDateTime,
+    cert_der: Vec<u8>,
+    jwk: Jwk,
+    key_pair: KeyPair,
+    /// The base64url JOSE header of every token this key signs, encoded once.
+    token_header_b64: String,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("state", &self.state)
+            .field("created_at", &self.created_at)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// The key id: the RFC 7638 thumbprint of the public key, as in tokens' `kid` header.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The one JWS algorithm this key signs with.
+    pub fn alg(&self) -> JwsAlgorithm {
+        self.alg
+    }
+
+    /// Where the key is in its life.
+    pub fn state(&self) -> KeyState {
+        self.state
+    }
+
+    /// When the key was created.
+    pub fn created_at(&self) -> OffsetDateTime {
+        self.created_at
+    }
+
+    /// The public key as published in the JWKS, with `x5c`.
+    pub fn jwk(&self) -> &Jwk {
+        &self.jwk
+    }
+
+    /// The key's certificate (DER), issued by the trust domain's CA.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// End of the certificate's validity: verifiers refuse the key after it.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// The base64url-encoded protected header of tokens signed with this key.
+    pub(crate) fn token_header_b64(&self) -> &str {
+        &self.token_header_b64
+    }
+
+    /// Signs a JWS signing input (RFC 7515 §5.1): ES256 gives 64 bytes R‖S, EdDSA 64 bytes.
+    /// Fails only if the system random number generator fails (ECDSA nonces).
+    pub(crate) fn sign(&self, signing_input: &[u8]) -> Result<Signature, ring::error::Unspecified> {
+        match &self.key_pair {
+            KeyPair::Es256(k) => k.sign(&SystemRandom::new(), signing_input),
+            KeyPair::EdDsa(k) => Ok(k.sign(signing_input)),
+        }
+    }
+}
+
+/// The issuer's signing keys: exactly one active, plus `next` and `retired` ones, all
+/// published in a precomputed JWKS.
+#[derive(Debug)]
+pub struct Keyring {
+    keys: Vec<Arc<SigningKey>>,
+    active: Arc<SigningKey>,
+    jwks: Jwks,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Index {
+    version: u8,
+    keys: Vec<IndexEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexEntry {
+    kid: String,
+    alg: JwsAlgorithm,
+    state: KeyState,
+    /// Unix seconds.
+    created_at: i64,
+    /// The certificate, base64 (standard, padded) DER, as in `x5c`.
+    cert: String,
+}
+
+impl Keyring {
+    /// Loads the keyring of `store`, creating it on first start with one `active` and
+    /// one `next` key of algorithm `alg`.
+    ///
+    /// `alg` applies only to keys created now; an existing keyring keeps its keys. This
+    /// seals, writes and fsyncs files: call it at start-up or in `spawn_blocking`.
+    pub fn load_or_init(
+        store: &OpenDataDir,
+        alg: JwsAlgorithm,
+        now: OffsetDateTime,
+    ) -> Result<Self, KeyringError> {
+        let dir = store.dir().root().join(KEYRING_DIR);
+        let index_path = dir.join(INDEX);
+        let keyring = match fsio::read_bounded(&index_path, MAX_INDEX_BYTES) {
+            Ok(bytes) => Self::load(store, &dir, &index_path, &bytes)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Self::init(store, &dir, &index_path, alg, now)?
+            }
+            Err(source) => {
+                return Err(KeyringError::Io {
+                    path: index_path,
+                    source,
+                });
+            }
+        };
+        if keyring.active.alg != alg {
+            tracing::warn!(
+                configured = %alg,
+                active = %keyring.active.alg,
+                "the active signing key uses another algorithm than configured; new keys will use the configured one"
+            );
+        }
+        if keyring.active.not_after <= now {
+            tracing::warn!(
+                kid = %keyring.active.kid,
+                not_after = %keyring.active.not_after,
+                "the active signing key's certificate has expired: verifiers will refuse its tokens until the keyring is rotated"
+            );
+        }
+        Ok(keyring)
+    }
+
+    /// The key that signs new tokens.
+    pub fn active(&self) -> &Arc<SigningKey> {
+        &self.active
+    }
+
+    /// Every key, as listed in the index.
+    pub fn keys(&self) -> &[Arc<SigningKey>] {
+        &self.keys
+    }
+
+    /// The published key set: `next`, `active` and `retired` keys, each with `x5c`.
+    pub fn jwks(&self) -> &Jwks {
+        &self.jwks
+    }
+
+    /// The key with this `kid`, if the keyring holds it.
+    pub fn get(&self, kid: &str) -> Option<&Arc<SigningKey>> {
+        self.keys.iter().find(|k| k.kid == kid)
+    }
+
+    fn init(
+        store: &OpenDataDir,
+        dir: &Path,
+        index_path: &Path,
+        alg: JwsAlgorithm,
+        now: OffsetDateTime,
+    ) -> Result<Self, KeyringError> {
+        fsio::create_private_dir(dir).map_err(io_err(dir))?;
+        let root = store.dir().root();
+        fsio::sync_dir(root).map_err(io_err(root))?;
+        let leftovers = count_sealed_files(dir)?;
+        if leftovers > 0 {
+            // Sealed keys without an index come from a start that crashed before writing
+            // it: never published, never used, and useless without the KEK.
+            tracing::warn!(
+                count = leftovers,
+                dir = %dir.display(),
+                "ignoring sealed signing keys that no keyring index names"
+            );
+        }
+
+        let created_at = now.replace_nanosecond(0).unwrap_or(now);
+        let mut entries = Vec::with_capacity(2);
+        for state in [KeyState::Active, KeyState::Next] {
+            entries.push(create_key(store, dir, alg, state, created_at)?);
+        }
+        let index = Index {
+            version: INDEX_VERSION,
+            keys: entries,
+        };
+        let mut json = serde_json::to_vec_pretty(&index).map_err(|_| KeyringError::Index {
+            path: index_path.to_owned(),
+            reason: "cannot be encoded",
+        })?;
+        json.push(b'\n');
+        // Written last: only now do all the keys it names exist (crash-safe order).
+        fsio::write_atomic(index_path, &json, Mode::Public).map_err(io_err(index_path))?;
+        tracing::info!(%alg, "created the signing keyring: one active and one next key");
+        // Reading back what was written runs the same checks as every later start.
+        Self::load(store, dir, index_path, &json)
+    }
+
+    fn load(
+        store: &OpenDataDir,
+        dir: &Path,
+        index_path: &Path,
+        bytes: &[u8],
+    ) -> Result<Self, KeyringError> {
+        let bad_index = |reason| KeyringError::Index {
+            path: index_path.to_owned(),
+            reason,
+        };
+        let index: Index =
+            serde_json::from_slice(bytes).map_err(|_| bad_index("not a keyring index"))?;
+        if index.version != INDEX_VERSION {
+            return Err(bad_index("unknown version"));
+        }
+        if index.keys.len() > MAX_JWKS_KEYS {
+            return Err(bad_index("more keys than a JWKS may publish"));
+        }
+        for (i, entry) in index.keys.iter().enumerate() {
+            // The kid becomes a file name: accept only the thumbprint alphabet, so an
+            // edited index cannot point outside the keyring directory.
+            if !is_kid(&entry.kid) {
+                return Err(bad_index("a kid is not a base64url SHA-256 thumbprint"));
+            }
+            if index.keys[..i].iter().any(|e| e.kid == entry.kid) {
+                return Err(bad_index("two keys share a kid"));
+            }
+        }
+        let found = index
+            .keys
+            .iter()
+            .filter(|e| e.state == KeyState::Active)
+            .count();
+        if found != 1 {
+            return Err(KeyringError::ActiveCount {
+                path: index_path.to_owned(),
+                found,
+            });
+        }
+
+        let checker = CertChecker::new(store)?;
+        let mut keys = Vec::with_capacity(index.keys.len());
+        for entry in index.keys {
+            keys.push(Arc::new(load_key(store.kek(), dir, &checker, entry)?));
+        }
+        let active = keys
+            .iter()
+            .find(|k| k.state == KeyState::Active)
+            .cloned()
+            .ok_or(KeyringError::ActiveCount {
+                path: index_path.to_owned(),
+                found: 0,
+            })?;
+        let jwks = Jwks {
+            keys: keys.iter().map(|k| k.jwk.clone()).collect(),
+        };
+        Ok(Self { keys, active, jwks })
+    }
+}
+
+fn create_key(
+    store: &OpenDataDir,
+    dir: &Path,
+    alg: JwsAlgorithm,
+    state: KeyState,
+    created_at: OffsetDateTime,
+) -> Result<IndexEntry, KeyringError> {
+    let rng = SystemRandom::new();
+    // ring's PKCS#8 document is not wiped on drop (it offers no way to); it lives only
+    // on this stack frame, and what leaves it is sealed.
+    let pkcs8 = match alg {
+        JwsAlgorithm::Es256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng),
+        JwsAlgorithm::EdDsa => Ed25519KeyPair::generate_pkcs8(&rng),
+    }
+    .map_err(|_| KeyringError::Random)?;
+    let key_pair = KeyPair::from_pkcs8(alg, pkcs8.as_ref()).ok_or(KeyringError::Random)?;
+    let public = key_pair.public_key();
+    let jwk_key = public.jwk_key().ok_or(KeyringError::Random)?;
+    let kid = thumbprint(&jwk_key);
+    let cert = store
+        .ca()
+        .issue_token_signer(&public, SIGNING_CERT_TTL, created_at)?;
+    store
+        .kek()
+        .seal_to_file(&sealed_path(dir, &kid), &purpose(&kid), pkcs8.as_ref())?;
+    Ok(IndexEntry {
+        kid,
+        alg,
+        state,
+        created_at: created_at.unix_timestamp(),
+        cert: STANDARD.encode(&cert.der),
+    })
+}
+
+/// The CA certificate and the ID every signing-key certificate must carry.
+struct CertChecker<'a> {
+    ca: X509Certificate<'a>,
+    signer_id: SpiffeId,
+}
+
+impl<'a> CertChecker<'a> {
+    fn new(store: &'a OpenDataDir) -> Result<Self, KeyringError> {
+        let (_, ca) = X509Certificate::from_der(store.ca().cert_der())
+            .map_err(|_| PkiError::Ca("CA certificate does not parse"))?;
+        Ok(Self {
+            ca,
+            signer_id: store.ca().trust_domain().token_signer_id(),
+        })
+    }
+
+    /// Parses a signing key's certificate and checks it names the token signer and was
+    /// signed by the CA. x509-parser checks one signature, which is the whole chain here.
+    fn check<'c>(&self, kid: &str, der: &'c [u8]) -> Result<X509Certificate<'c>, KeyringError> {
+        let malformed = |reason| KeyringError::Certificate {
+            kid: kid.to_owned(),
+            reason,
+        };
+        let (rest, cert) =
+            X509Certificate::from_der(der).map_err(|_| malformed("not an X.509 certificate"))?;
+        if !rest.is_empty() {
+            return Err(malformed("trailing bytes after the certificate"));
+        }
+        if cert.issuer() != self.ca.subject()
+            || cert.verify_signature(Some(self.ca.public_key())).is_err()
+        {
+            return Err(KeyringError::NotFromCa {
+                kid: kid.to_owned(),
+            });
+        }
+        let not_signer = || KeyringError::NotTokenSigner {
+            kid: kid.to_owned(),
+            expected: self.signer_id.clone(),
+        };
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|_| not_signer())?
+            .ok_or_else(not_signer)?;
+        let only_signer_id = matches!(
+            san.value.general_names.as_slice(),
+            [GeneralName::URI(uri)] if *uri == self.signer_id.as_str()
+        );
+        if !only_signer_id || cert.is_ca() {
+            return Err(not_signer());
+        }
+        Ok(cert)
+    }
+}
+
+fn load_key(
+    kek: &Kek,
+    dir: &Path,
+    checker: &CertChecker<'_>,
+    entry: IndexEntry,
+) -> Result<SigningKey, KeyringError> {
+    let IndexEntry {
+        kid,
+        alg,
+        state,
+        created_at,
+        cert,
+    } = entry;
+    let cert_der = STANDARD
+        .decode(&cert)
+        .map_err(|_| KeyringError::Certificate {
+            kid: kid.clone(),
+            reason: "not base64",
+        })?;
+    let parsed = checker.check(&kid, &cert_der)?;
+    let not_after = parsed.validity().not_after.to_datetime();
+    let cert_spki = parsed.public_key().raw;
+
+    // The purpose names the kid, so a sealed file copied over another key's is refused
+    // by the AEAD before its contents are even parsed.
+    let pkcs8 = kek.open_file(&sealed_path(dir, &kid), &purpose(&kid))?;
+    let key_pair = KeyPair::from_pkcs8(alg, &pkcs8).ok_or_else(|| KeyringError::KeyUnusable {
+        kid: kid.clone(),
+        alg,
+    })?;
+    drop(pkcs8);
+    let public = key_pair.public_key();
+    if public.subject_public_key_info() != cert_spki {
+        return Err(KeyringError::KeyMismatch { kid });
+    }
+    let jwk_key = public
+        .jwk_key()
+        .ok_or_else(|| KeyringError::KeyMismatch { kid: kid.clone() })?;
+    if thumbprint(&jwk_key) != kid {
+        return Err(KeyringError::KidMismatch { kid });
+    }
+    let created_at =
+        OffsetDateTime::from_unix_timestamp(created_at).map_err(|_| KeyringError::Index {
+            path: dir.join(INDEX),
+            reason: "created_at is out of range",
+        })?;
+    let jwk = Jwk {
+        kid: kid.clone(),
+        key: jwk_key,
+        // RFC 7517 §4.7: the leaf alone; verifiers anchor it in the trust bundle.
+        x5c: vec![cert],
+    };
+    let token_header_b64 = crate::mint::token_header_b64(alg, &kid);
+    Ok(SigningKey {
+        kid,
+        alg,
+        state,
+        created_at,
+        not_after,
+        cert_der,
+        jwk,
+        key_pair,
+        token_header_b64,
+    })
+}
+
+fn is_kid(s: &str) -> bool {
+    s.len() == KID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn sealed_path(dir: &Path, kid: &str) -> PathBuf {
+    dir.join(format!("{kid}{SEALED_SUFFIX}"))
+}
+
+fn purpose(kid: &str) -> String {
+    format!("signing-key:{kid}")
+}
+
+fn count_sealed_files(dir: &Path) -> Result<usize, KeyringError> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if entry.file_name().to_string_lossy().ends_with(SEALED_SUFFIX) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyringError + '_ {
+    move |source| KeyringError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::datadir::{DataDir, KekSource};
+    use crate::pki::{self, CertificateAuthority, KeyType};
+    use baton_proto::TrustDomain;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    pub(crate) fn store_in(root: &Path) -> OpenDataDir {
+        DataDir::new(root)
+            .init(&td(), &KekSource::Dev, pki::DEFAULT_CA_TTL, now())
+            .unwrap()
+            .store
+    }
+
+    /// A fresh data directory and its keyring, for this module's and `mint`'s tests.
+    pub(crate) fn keyring(alg: JwsAlgorithm) -> (tempfile::TempDir, OpenDataDir, Keyring) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store_in(&tmp.path().join("d"));
+        let ring = Keyring::load_or_init(&store, alg, now()).unwrap();
+        (tmp, store, ring)
+    }
+
+    fn keyring_dir(store: &OpenDataDir) -> PathBuf {
+        store.dir().root().join(KEYRING_DIR)
+    }
+
+    fn reload(store: &OpenDataDir) -> Result<Keyring, KeyringError> {
+        Keyring::load_or_init(store, JwsAlgorithm::Es256, now())
+    }
+
+    fn edit_index(store: &OpenDataDir, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = keyring_dir(store).join(INDEX);
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        edit(&mut index);
+        fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn key_states_serialize_as_the_spec_words() {
+        for (state, word) in [
+            (KeyState::Next, "next"),
+            (KeyState::Active, "active"),
+            (KeyState::Retired, "retired"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{word}\"")
+            );
+            assert_eq!(state.to_string(), word);
+            let back: KeyState = serde_json::from_str(&format!("\"{word}\"")).unwrap();
+            assert_eq!(back, state);
+        }
+        assert!(serde_json::from_str::<KeyState>("\"Active\"").is_err());
+    }
+
+    #[test]
+    fn kid_is_the_rfc7638_thumbprint() {
+        // RFC 8037 Appendix A.3.
+        let key = JwkKey::Ed25519 {
+            x: "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".into(),
+        };
+        assert_eq!(
+            thumbprint(&key),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+    }
+
+    #[test]
+    fn first_start_creates_one_active_and_one_next_key_certified_by_the_ca() {
+        for alg in [JwsAlgorithm::Es256, JwsAlgorithm::EdDsa] {
+            let (_tmp, store, ring) = keyring(alg);
+            let states: Vec<_> = ring.keys().iter().map(|k| k.state()).collect();
+            assert_eq!(states, [KeyState::Active, KeyState::Next]);
+            assert_eq!(ring.active().state(), KeyState::Active);
+            assert_ne!(ring.keys()[0].kid(), ring.keys()[1].kid());
+
+            let (_, ca) = X509Certificate::from_der(store.ca().cert_der()).unwrap();
+            for key in ring.keys() {
+                assert_eq!(key.alg(), alg);
+                assert_eq!(key.jwk().alg(), alg);
+                assert!(is_kid(key.kid()));
+                assert_eq!(key.jwk().kid, key.kid());
+                assert_eq!(key.jwk().x5c, vec![STANDARD.encode(key.cert_der())]);
+                assert!(std::ptr::eq(ring.get(key.kid()).unwrap().as_ref(), &**key));
+
+                let (_, cert) = X509Certificate::from_der(key.cert_der()).unwrap();
+                cert.verify_signature(Some(ca.public_key())).unwrap();
+                let names = &cert
+                    .subject_alternative_name()
+                    .unwrap()
+                    .unwrap()
+                    .value
+                    .general_names;
+                assert_eq!(
+                    names,
+                    &vec![GeneralName::URI("spiffe://example.org/baton/token-signer")]
+                );
+                let lifetime = key.not_after() - key.created_at();
+                assert_eq!(lifetime.whole_seconds(), SIGNING_CERT_TTL.as_secs() as i64);
+            }
+            assert!(ring.get("nope").is_none());
+        }
+    }
+
+    #[test]
+    fn jwks_publishes_every_key_with_sig_use_alg_and_x5c() {
+        let (_tmp, _store, ring) = keyring(JwsAlgorithm::Es256);
+        let json = serde_json::to_value(ring.jwks()).unwrap();
+        let keys = json["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        for (jwk, key) in keys.iter().zip(ring.keys()) {
+            assert_eq!(jwk["kid"], key.kid());
+            assert_eq!(jwk["use"], "sig");
+            assert_eq!(jwk["alg"], "ES256");
+            assert_eq!(jwk["kty"], "EC");
+            assert_eq!(jwk["x5c"].as_array().unwrap().len(), 1);
+            assert!(jwk.get("d").is_none());
+        }
+        // What a verifier parses back is what was published.
+        let back: Jwks = serde_json::from_value(json).unwrap();
+        assert_eq!(&back, ring.jwks());
+    }
+
+    #[test]
+    fn keyring_persists_and_reloads_to_the_same_kids() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::EdDsa);
+        // The configured algorithm applies to new keys only.
+        let again = reload(&store).unwrap();
+        let kids = |r: &Keyring| {
+            r.keys()
+                .iter()
+                .map(|k| k.kid().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kids(&again), kids(&ring));
+        assert_eq!(again.active().kid(), ring.active().kid());
+        assert_eq!(again.active().alg(), JwsAlgorithm::EdDsa);
+        assert_eq!(again.jwks(), ring.jwks());
+        for (a, b) in again.keys().iter().zip(ring.keys()) {
+            assert_eq!(a.cert_der(), b.cert_der());
+            assert_eq!(a.created_at(), b.created_at());
+            assert_eq!(a.not_after(), b.not_after());
+        }
+    }
+
+    #[test]
+    fn retired_keys_load_and_stay_published() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::Es256);
+        edit_index(&store, |index| {
+            index["keys"][0]["state"] = "retired".into();
+            index["keys"][1]["state"] = "active".into();
+        });
+        let again = reload(&store).unwrap();
+        assert_eq!(again.active().kid(), ring.keys()[1].kid());
+        assert_eq!(
+            again.get(ring.keys()[0].kid()).unwrap().state(),
+            KeyState::Retired
+        );
+        assert_eq!(again.jwks().keys.len(), 2);
+    }
+
+    #[test]
+    fn files_are_sealed_private_and_hold_no_plain_private_key() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::Es256);
+        let dir = keyring_dir(&store);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(INDEX)), 0o644);
+        let mut names: Vec<String> = Vec::new();
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = fs::read_to_string(&path).unwrap();
+            assert!(!text.contains("PRIVATE KEY"), "{}", path.display());
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(!has_member(&json, "d"), "{}", path.display());
+            names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+        names.sort();
+        let mut want: Vec<String> = ring
+            .keys()
+            .iter()
+            .map(|k| format!("{}{SEALED_SUFFIX}", k.kid()))
+            .chain([INDEX.to_owned()])
+            .collect();
+        want.sort();
+        assert_eq!(names, want);
+        for key in ring.keys() {
+            assert_eq!(mode(&sealed_path(&dir, key.kid())), 0o600);
+        }
+    }
+
+    fn has_member(v: &serde_json::Value, name: &str) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.contains_key(name) || m.values().any(|v| has_member(v, name))
+            }
+            serde_json::Value::Array(a) => a.iter().any(|v| has_member(v, name)),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_key_material() {
+        let (_tmp, _store, ring) = keyring(JwsAlgorithm::EdDsa);
+        let key = ring.active();
+        let debug = format!("{:?} {ring:?}", **key);
+        assert!(debug.contains(key.kid()));
+        let JwkKey::Ed25519 { x } = &key.jwk().key else {
+            panic!("not an Ed25519 key")
+        };
+        // The Debug of the keyring shows the public JWKS, never a private scalar; the
+        // SigningKey's own Debug shows not even the public key.
+        assert!(!format!("{:?}", **key).contains(x.as_str()));
+        assert!(!debug.contains("pkcs8") && !debug.contains("key_pair"));
+    }
+
+    #[test]
+    fn a_start_that_crashed_before_the_index_starts_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store_in(&tmp.path().join("d"));
+        let first = Keyring::load_or_init(&store, JwsAlgorithm::Es256, now()).unwrap();
+        fs::remove_file(keyring_dir(&store).join(INDEX)).unwrap();
+        let second = reload(&store).unwrap();
+        assert_ne!(second.active().kid(), first.active().kid());
+        assert_eq!(
+            reload(&store).unwrap().active().kid(),
+            second.active().kid()
+        );
+    }
+
+    #[test]
+    fn a_swapped_or_corrupted_sealed_key_is_a_typed_error() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::Es256);
+        let dir = keyring_dir(&store);
+        let [a, b] = [ring.keys()[0].kid(), ring.keys()[1].kid()];
+        let b_sealed = fs::read(sealed_path(&dir, b)).unwrap();
+
+        fs::copy(sealed_path(&dir, a), sealed_path(&dir, b)).unwrap();
+        let err = reload(&store).unwrap_err();
+        assert!(
+            matches!(err, KeyringError::Seal(SealError::Corrupt { .. })),
+            "{err}"
+        );
+
+        fs::write(sealed_path(&dir, b), b"{\"garbage\":1}").unwrap();
+        let err = reload(&store).unwrap_err();
+        assert!(
+            matches!(err, KeyringError::Seal(SealError::Corrupt { .. })),
+            "{err}"
+        );
+
+        fs::remove_file(sealed_path(&dir, b)).unwrap();
+        let err = reload(&store).unwrap_err();
+        assert!(
+            matches!(err, KeyringError::Seal(SealError::Io { .. })),
+            "{err}"
+        );
+
+        fs::write(sealed_path(&dir, b), &b_sealed).unwrap();
+        reload(&store).unwrap();
+    }
+
+    #[test]
+    fn a_resealed_foreign_key_does_not_match_its_certificate() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::Es256);
+        let dir = keyring_dir(&store);
+        let kid = ring.active().kid();
+        // Someone holding the KEK seals another key under the right purpose.
+        let other =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        store
+            .kek()
+            .seal_to_file(&sealed_path(&dir, kid), &purpose(kid), other.as_ref())
+            .unwrap();
+        let err = reload(&store).unwrap_err();
+        assert!(matches!(err, KeyringError::KeyMismatch { .. }), "{err}");
+
+        store
+            .kek()
+            .seal_to_file(&sealed_path(&dir, kid), &purpose(kid), b"not pkcs8")
+            .unwrap();
+        let err = reload(&store).unwrap_err();
+        assert!(matches!(err, KeyringError::KeyUnusable { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_tampered_index_is_a_typed_error() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::Es256);
+        let index_path = keyring_dir(&store).join(INDEX);
+        let original = fs::read(&index_path).unwrap();
+        let restore = || fs::write(&index_path, &original).unwrap();
+
+        type Check = fn(&KeyringError) -> bool;
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let other_ca = CertificateAuthority::create(&td(), pki::DEFAULT_CA_TTL, now()).unwrap();
+        let active_key = ring.active();
+        // A certificate for the right key, but from another trust domain's CA.
+        let foreign = other_ca
+            .issue_token_signer(&active_key.key_pair.public_key(), SIGNING_CERT_TTL, now())
+            .unwrap();
+        // A workload SVID from the right CA.
+        let workload = store
+            .ca()
+            .issue_svid(
+                &"spiffe://example.org/fn/a".parse().unwrap(),
+                &KeyType::EcP256.generate().unwrap(),
+                Duration::from_secs(3600),
+                now(),
+            )
+            .unwrap();
+        let foreign = STANDARD.encode(&foreign.der);
+        let workload = STANDARD.encode(&workload.der);
+        let next_kid = ring.keys()[1].kid().to_owned();
+
+        let cases: Vec<(&str, Edit, Check)> = vec![
+            (
+                "two active keys",
+                Box::new(|i| i["keys"][1]["state"] = "active".into()),
+                |e| matches!(e, KeyringError::ActiveCount { found: 2, .. }),
+            ),
+            (
+                "no active key",
+                Box::new(|i| i["keys"][0]["state"] = "retired".into()),
+                |e| matches!(e, KeyringError::ActiveCount { found: 0, .. }),
+            ),
+            (
+                "unknown state",
+                Box::new(|i| i["keys"][0]["state"] = "Active".into()),
+                |e| matches!(e, KeyringError::Index { .. }),
+            ),
+            (
+                "kid as a path",
+                Box::new(|i| i["keys"][0]["kid"] = "../../../../etc/passwd".into()),
+                |e| matches!(e, KeyringError::Index { .. }),
+            ),
+            (
+                "duplicate kid",
+                Box::new(|i| i["keys"][1] = i["keys"][0].clone()),
+                |e| matches!(e, KeyringError::Index { .. }),
+            ),
+            (
+                "unknown member",
+                Box::new(|i| i["keys"][0]["d"] = "x".into()),
+                |e| matches!(e, KeyringError::Index { .. }),
+            ),
+            (
+                "certificate from another CA",
+                Box::new(move |i| i["keys"][0]["cert"] = foreign.clone().into()),
+                |e| matches!(e, KeyringError::NotFromCa { .. }),
+            ),
+            (
+                "workload certificate",
+                Box::new(move |i| i["keys"][0]["cert"] = workload.clone().into()),
+                |e| matches!(e, KeyringError::NotTokenSigner { .. }),
+            ),
+            (
+                "certificate of the other key",
+                Box::new(|i| i["keys"][0]["cert"] = i["keys"][1]["cert"].clone()),
+                |e| matches!(e, KeyringError::KeyMismatch { .. }),
+            ),
+            (
+                "certificate not base64",
+                Box::new(|i| i["keys"][0]["cert"] = "%%%".into()),
+                |e| matches!(e, KeyringError::Certificate { .. }),
+            ),
+            (
+                "algorithm flipped",
+                Box::new(|i| i["keys"][0]["alg"] = "EdDSA".into()),
+                |e| matches!(e, KeyringError::KeyUnusable { .. }),
+            ),
+            (
+                "algorithm none",
+                Box::new(|i| i["keys"][0]["alg"] = "none".into()),
+                |e| matches!(e, KeyringError::Index { .. }),
+            ),
+            (
+                "future version",
+                Box::new(|i| i["version"] = 2.into()),
+                |e| matches!(e, KeyringError::Index { .. }),
+            ),
+        ];
+        for (name, edit, check) in cases {
+            edit_index(&store, edit);
+            let err = reload(&store).unwrap_err();
+            assert!(check(&err), "{name}: {err}");
+            restore();
+        }
+
+        // A kid that is well formed but not the key's thumbprint: renaming the sealed
+        // file along with it still fails, first on the purpose, and if resealed, on
+        // the thumbprint.
+        let dir = keyring_dir(&store);
+        let fake = "A".repeat(KID_LEN);
+        let pkcs8 = store
+            .kek()
+            .open_file(&sealed_path(&dir, &next_kid), &purpose(&next_kid))
+            .unwrap();
+        store
+            .kek()
+            .seal_to_file(&sealed_path(&dir, &fake), &purpose(&fake), &pkcs8)
+            .unwrap();
+        edit_index(&store, |i| i["keys"][1]["kid"] = fake.clone().into());
+        let err = reload(&store).unwrap_err();
+        assert!(matches!(err, KeyringError::KidMismatch { .. }), "{err}");
+        restore();
+
+        fs::write(&index_path, b"not json").unwrap();
+        let err = reload(&store).unwrap_err();
+        assert!(matches!(err, KeyringError::Index { .. }), "{err}");
+        restore();
+        reload(&store).unwrap();
+    }
+
+    #[test]
+    fn error_messages_carry_no_key_material() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::Es256);
+        let dir = keyring_dir(&store);
+        let kid = ring.active().kid();
+        let pkcs8 = store
+            .kek()
+            .open_file(&sealed_path(&dir, kid), &purpose(kid))
+            .unwrap();
+        fs::write(sealed_path(&dir, kid), b"{}").unwrap();
+        let err = reload(&store).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains(&STANDARD.encode(&*pkcs8)));
+        assert!(!text.contains(&URL_SAFE_NO_PAD.encode(&*pkcs8)));
+    }
+}
