@@ -3,6 +3,7 @@
 
 mod enroll;
 mod init;
+mod policy;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,8 @@ enum Command {
     /// Issue a workload certificate (X.509-SVID), or a join token for a function to
     /// fetch its first certificate itself.
     Enroll(enroll::EnrollArgs),
+    /// Check a token policy file (SPEC §6).
+    Policy(policy::PolicyArgs),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
@@ -47,6 +50,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),
         Command::Enroll(args) => enroll::run(&ctx, args),
+        Command::Policy(args) => policy::run(args),
     }
 }
 
