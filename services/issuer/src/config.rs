@@ -5,13 +5,26 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_proto::claims::{DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS};
+use baton_proto::claims::{DEFAULT_TOKEN_TTL_SECS, JwsAlgorithm, MAX_TOKEN_TTL_SECS};
 use serde::{Deserialize, Deserializer};
 
 use crate::pki::{MAX_SVID_TTL, MIN_SVID_TTL};
 
-/// Keys that a `BATON_<KEY>` environment variable may override (all string-valued).
-const ENV_KEYS: &[&str] = &["listen", "http_listen", "policy", "token_ttl", "svid_ttl"];
+/// Keys that a `BATON_<KEY>` environment variable (or a `serve` flag) may override.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "http_listen",
+    "issuer_url",
+    "store",
+    "policy",
+    "token_ttl",
+    "token_alg",
+    "svid_ttl",
+    "rate_limit",
+    "rate_burst",
+    "request_timeout",
+    "jwks_max_age",
+];
 
 /// Why a configuration was refused. Each names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +61,65 @@ pub struct Config {
     /// X.509-SVID lifetime (1 min to 7 days).
     #[serde(default = "default_svid_ttl", deserialize_with = "duration")]
     pub svid_ttl: Duration,
+    /// Issuer identifier (`iss` of every token, RFC 8414 `issuer`); defaults to
+    /// `https://<listen>` (`localhost` when listening on all addresses).
+    #[serde(default, deserialize_with = "issuer_url")]
+    pub issuer_url: Option<String>,
+    /// State store: `embedded` (the data directory). Redis arrives with distributed mode.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Algorithm of newly created signing keys: `ES256` (default) or `EdDSA`.
+    #[serde(default = "default_token_alg")]
+    pub token_alg: JwsAlgorithm,
+    /// Token requests per second allowed to one caller (SPIFFE ID).
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: u32,
+    /// Burst of token requests one caller may make above its rate.
+    #[serde(default = "default_rate_burst")]
+    pub rate_burst: u32,
+    /// Longest time one request may take before it is answered 408.
+    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// `Cache-Control: max-age` of the JWKS; verifiers refresh keys within it.
+    #[serde(default = "default_jwks_max_age", deserialize_with = "duration")]
+    pub jwks_max_age: Duration,
+}
+
+fn default_store() -> String {
+    "embedded".to_owned()
+}
+
+fn default_token_alg() -> JwsAlgorithm {
+    JwsAlgorithm::Es256
+}
+
+fn default_rate_limit() -> u32 {
+    100
+}
+
+fn default_rate_burst() -> u32 {
+    200
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_jwks_max_age() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn issuer_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let url = url::Url::parse(&s)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a URL ({e})")))?;
+    // RFC 8414 §2: the issuer is an https URL with no query or fragment.
+    if url.scheme() != "https" || url.query().is_some() || url.fragment().is_some() {
+        return Err(serde::de::Error::custom(format!(
+            "{s:?} must be an https URL without query or fragment"
+        )));
+    }
+    Ok(Some(s.trim_end_matches('/').to_owned()))
 }
 
 fn default_listen() -> SocketAddr {
@@ -94,6 +166,13 @@ impl Default for Config {
             policy: None,
             token_ttl: default_token_ttl(),
             svid_ttl: default_svid_ttl(),
+            issuer_url: None,
+            store: default_store(),
+            token_alg: default_token_alg(),
+            rate_limit: default_rate_limit(),
+            rate_burst: default_rate_burst(),
+            request_timeout: default_request_timeout(),
+            jwks_max_age: default_jwks_max_age(),
         }
     }
 }
@@ -113,7 +192,11 @@ impl Config {
             };
             let key = key.to_ascii_lowercase();
             if ENV_KEYS.contains(&key.as_str()) {
-                table.insert(key, toml::Value::String(value));
+                let value = match value.parse::<i64>() {
+                    Ok(n) => toml::Value::Integer(n),
+                    Err(_) => toml::Value::String(value),
+                };
+                table.insert(key, value);
             }
         }
         // Deserialize from text, not from the table, so that errors carry a position
@@ -139,7 +222,48 @@ impl Config {
                 problem: "must be between 1m and 7days".to_owned(),
             });
         }
+        if self.store != "embedded" {
+            return Err(ConfigError::Range {
+                key: "store",
+                problem: format!(
+                    "{:?} is not available in this build: only \"embedded\" (the data directory) is",
+                    self.store
+                ),
+            });
+        }
+        if self.rate_limit == 0 || self.rate_burst == 0 {
+            return Err(ConfigError::Range {
+                key: "rate_limit",
+                problem: "and `rate_burst` must be at least 1".to_owned(),
+            });
+        }
+        if self.request_timeout.is_zero() || self.request_timeout > Duration::from_secs(300) {
+            return Err(ConfigError::Range {
+                key: "request_timeout",
+                problem: "must be between 1s and 300s".to_owned(),
+            });
+        }
+        if self.jwks_max_age.is_zero() || self.jwks_max_age > Duration::from_secs(86400) {
+            return Err(ConfigError::Range {
+                key: "jwks_max_age",
+                problem: "must be between 1s and 24h".to_owned(),
+            });
+        }
         Ok(())
+    }
+
+    /// The issuer identifier: `issuer_url`, or `https://<listen>` with `localhost`
+    /// standing in for an unspecified address.
+    pub fn issuer(&self) -> String {
+        if let Some(url) = &self.issuer_url {
+            return url.clone();
+        }
+        let ip = self.listen.ip();
+        if ip.is_unspecified() || ip.is_loopback() {
+            format!("https://localhost:{}", self.listen.port())
+        } else {
+            format!("https://{}", self.listen)
+        }
     }
 
     /// The commented configuration file `baton init` writes.
@@ -160,6 +284,18 @@ listen = "{listen}"
 token_ttl = "{token}s"
 # Lifetime of workload certificates (X.509-SVIDs); 1m to 7days.
 svid_ttl = "24h"
+
+# Issuer identifier: the `iss` of every token and the `aud` of client assertions.
+# Default: https://localhost:<port> on a loopback or wildcard listener.
+# issuer_url = "https://baton.example.org"
+# Algorithm of new signing keys: "ES256" (default) or "EdDSA".
+token_alg = "ES256"
+# Per-caller token request rate (per second) and burst.
+rate_limit = 100
+rate_burst = 200
+request_timeout = "10s"
+# Cache-Control max-age of /.well-known/jwks.json.
+jwks_max_age = "5m"
 "#,
             listen = default_listen(),
             token = DEFAULT_TOKEN_TTL_SECS,
@@ -190,6 +326,17 @@ mod tests {
         ];
         let config = Config::from_toml("token_ttl = \"90s\"", env).unwrap();
         assert_eq!(config.token_ttl, Duration::from_secs(30));
+        let env = vec![("BATON_RATE_LIMIT".to_owned(), "7".to_owned())];
+        assert_eq!(Config::from_toml("", env).unwrap().rate_limit, 7);
+    }
+
+    #[test]
+    fn issuer_defaults_to_the_listener() {
+        assert_eq!(Config::default().issuer(), "https://localhost:8443");
+        let c = Config::from_toml("listen = \"10.0.0.1:443\"", no_env()).unwrap();
+        assert_eq!(c.issuer(), "https://10.0.0.1:443");
+        let c = Config::from_toml("issuer_url = \"https://b.example/\"", no_env()).unwrap();
+        assert_eq!(c.issuer(), "https://b.example");
     }
 
     #[test]
@@ -201,6 +348,10 @@ mod tests {
             ("svid_ttl = \"soon\"", "svid_ttl"),
             ("listen = \"localhost\"", "listen"),
             ("lisen = \"127.0.0.1:1\"", "lisen"),
+            ("issuer_url = \"http://x\"", "issuer_url"),
+            ("store = \"redis://127.0.0.1\"", "store"),
+            ("token_alg = \"HS256\"", "token_alg"),
+            ("rate_limit = 0", "rate_limit"),
         ] {
             let err = Config::from_toml(text, no_env()).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+pub mod audit;
 pub mod config;
 pub mod datadir;
 pub mod deny;
@@ -11,7 +12,9 @@ pub mod fsio;
 pub mod join_token;
 pub mod keyring;
 pub mod ledger;
+pub mod metrics;
 pub mod mint;
 pub mod pki;
 pub mod policy;
 pub mod seal;
+pub mod server;

@@ -4,6 +4,7 @@
 mod enroll;
 mod init;
 mod policy;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -40,6 +41,9 @@ enum Command {
     Enroll(enroll::EnrollArgs),
     /// Check a token policy file (SPEC §6).
     Policy(policy::PolicyArgs),
+    /// Run the issuer. On a fresh machine it first initializes a dev trust domain
+    /// (example.org) in the data directory and listens on loopback only.
+    Serve(serve::ServeArgs),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
@@ -51,6 +55,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(args) => init::run(&ctx, args),
         Command::Enroll(args) => enroll::run(&ctx, args),
         Command::Policy(args) => policy::run(args),
+        Command::Serve(args) => serve::run(&ctx, args),
     }
 }
 

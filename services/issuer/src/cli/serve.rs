@@ -1,0 +1,300 @@
+//! `baton serve`: the issuer (SPEC §9).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use baton_issuer::attest::Attestor;
+use baton_issuer::config::Config;
+use baton_issuer::deny::DenyList;
+use baton_issuer::keyring::Keyring;
+use baton_issuer::ledger::MemoryLedger;
+use baton_issuer::metrics as m;
+use baton_issuer::pki::{self, DEFAULT_CA_TTL};
+use baton_issuer::policy::{Policy, PolicyStore};
+use baton_issuer::server::{self, Issuer, RateLimiter};
+use baton_proto::TrustDomain;
+use baton_proto::metadata::TOKEN_PATH;
+use clap::{Args, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use super::{Context, now};
+
+/// Trust domain of the dev setup `serve` creates on a fresh machine.
+const DEV_TRUST_DOMAIN: &str = "example.org";
+/// Assertion `jti`s and (later) token `jti`s the in-memory ledger holds at most.
+const LEDGER_CAPACITY: usize = 1_000_000;
+/// How long in-flight requests may finish after SIGTERM.
+const GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Configuration file [default: <data-dir>/config.toml].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Policy file (SPEC §6); reloaded on SIGHUP.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// HTTPS listen address [default: 127.0.0.1:8443].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Plain-HTTP listen address, only behind a TLS-terminating gateway.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Issuer identifier (`iss`) [default: https://localhost:<port>].
+    #[arg(long)]
+    issuer_url: Option<String>,
+    /// State store [default: embedded].
+    #[arg(long)]
+    store: Option<String>,
+    /// Log format [default: text on a terminal, json otherwise].
+    #[arg(long, value_enum, env = "BATON_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+pub(super) fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(ctx, args))
+}
+
+async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
+    let fresh = !ctx.data_dir.exists();
+    if fresh {
+        let td = TrustDomain::new(DEV_TRUST_DOMAIN)?;
+        ctx.data_dir
+            .init(&td, &ctx.kek, DEFAULT_CA_TTL, now())
+            .with_context(|| format!("cannot initialize {}", ctx.data_dir.root().display()))?;
+        warn!(
+            data_dir = %ctx.data_dir.root().display(),
+            trust_domain = DEV_TRUST_DOMAIN,
+            "no data directory: initialized a DEV trust domain (dev KEK beside the data; use `baton init` and BATON_KEK_FILE in production)"
+        );
+    }
+    let store = ctx.data_dir.open(&ctx.kek)?;
+    let mut config = load_config(ctx, &args)?;
+
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    config.listen = listener.local_addr()?;
+    let issuer = config.issuer();
+    let ca = store.ca();
+    let td = ca.trust_domain().clone();
+
+    let keyring = Keyring::load_or_init(&store, config.token_alg, now())?;
+    let policy_path = config.policy.clone();
+    let policy = Arc::new(match &policy_path {
+        Some(path) => PolicyStore::load(path.clone(), Some(td.clone()))
+            .with_context(|| format!("policy {}", path.display()))?,
+        None => PolicyStore::new(Policy::deny_all(), None, Some(td.clone())),
+    });
+    metrics::gauge!(m::POLICY_RULES).set(policy.current().summary().rules as f64);
+
+    let bundle = pki::pem_certificates(store.bundle_pem().as_bytes())
+        .map_err(|e| anyhow::anyhow!("trust bundle: {e}"))?;
+    let ledger = Arc::new(MemoryLedger::new(LEDGER_CAPACITY, now().unix_timestamp()));
+    let attestor = Attestor::new(
+        bundle,
+        td.clone(),
+        vec![issuer.clone(), format!("{issuer}{TOKEN_PATH}")],
+        Arc::new(DenyList::new()),
+        ledger,
+    )?;
+    let state = Arc::new(Issuer::new(
+        issuer.clone(),
+        keyring,
+        attestor,
+        policy.clone(),
+        config.token_ttl,
+        RateLimiter::new(config.rate_limit, config.rate_burst),
+        config.jwks_max_age,
+        m::handle(),
+    ));
+    let app = server::app(state.clone(), config.request_timeout);
+
+    let (dns_names, ips) = server_names(&config, &issuer);
+    let tls = server::tls::server_config(ca, &dns_names, &ips, now())?;
+    let handle = axum_server::Handle::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let https = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
+    )?
+    .handle(handle.clone())
+    .serve(app.clone().into_make_service());
+
+    let mut http_addr = None;
+    let http = match config.http_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            http_addr = Some(l.local_addr()?);
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
+    };
+
+    if let Some(addr) = http_addr {
+        warn!(%addr, "plain HTTP listener on: only for use behind a TLS-terminating gateway (no mTLS there)");
+    }
+    info!(
+        https_addr = %config.listen,
+        http_addr = http_addr.map(|a| a.to_string()),
+        issuer = %issuer,
+        trust_domain = %td,
+        policy_rules = policy.current().summary().rules,
+        "listening"
+    );
+    if fresh || policy_path.is_none() {
+        info!(
+            "next: `baton enroll --id spiffe://{td}/fn/hello --out ./hello`, write a policy (see infra/config/policy.toml) and restart with --policy, then fetch {issuer}/.well-known/jwks.json"
+        );
+    }
+
+    tokio::spawn(signals(handle.clone(), stop_tx, policy, state));
+    https.await.context("HTTPS listener failed")?;
+    if let Some(http) = http {
+        http.await?.context("HTTP listener failed")?;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM / SIGINT: stop accepting, let in-flight requests finish. SIGHUP: reload
+/// the policy, keeping the old one if the new one is invalid.
+async fn signals(
+    handle: axum_server::Handle<SocketAddr>,
+    stop: tokio::sync::watch::Sender<bool>,
+    policy: Arc<PolicyStore>,
+    state: Arc<Issuer>,
+) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        warn!("cannot install signal handlers");
+        return;
+    };
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match policy.reload() {
+                Ok(summary) => {
+                    metrics::counter!(m::POLICY_RELOADS, "result" => "ok").increment(1);
+                    metrics::gauge!(m::POLICY_RULES).set(summary.rules as f64);
+                }
+                Err(e) => {
+                    metrics::counter!(m::POLICY_RELOADS, "result" => "refused").increment(1);
+                    warn!(error = %e, "policy reload refused; the previous policy stays in force");
+                }
+            },
+            _ = housekeeping.tick() => state.housekeeping(),
+        }
+    }
+    info!("shutting down");
+    let _ = stop.send(true);
+    handle.graceful_shutdown(Some(GRACE));
+}
+
+fn load_config(ctx: &Context, args: &ServeArgs) -> anyhow::Result<Config> {
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| ctx.data_dir.config_path());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.config.is_none() => {
+            String::new()
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    // Flags beat BATON_* variables, which beat the file: flags go last.
+    let mut flags: Vec<(String, String)> = Vec::new();
+    let mut flag = |key: &str, value: Option<String>| {
+        if let Some(v) = value {
+            flags.push((format!("BATON_{}", key.to_ascii_uppercase()), v));
+        }
+    };
+    flag("listen", args.listen.map(|a| a.to_string()));
+    flag("http_listen", args.http_listen.map(|a| a.to_string()));
+    flag("issuer_url", args.issuer_url.clone());
+    flag("store", args.store.clone());
+    flag(
+        "policy",
+        args.policy.as_ref().map(|p| p.display().to_string()),
+    );
+    let config = Config::from_toml(&text, std::env::vars().chain(flags))
+        .with_context(|| format!("{}", path.display()))?;
+    if let Some(p) = &config.policy
+        && !p.is_file()
+    {
+        bail!("policy file {} does not exist", p.display());
+    }
+    Ok(config)
+}
+
+/// Names the listener's certificate must carry: `localhost`, the listen address when
+/// it is a specific one, and the issuer URL's host.
+fn server_names(config: &Config, issuer: &str) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns = vec!["localhost".to_owned()];
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+    ];
+    let listen_ip = config.listen.ip();
+    if !listen_ip.is_unspecified() && !ips.contains(&listen_ip) {
+        ips.push(listen_ip);
+    }
+    if let Ok(url) = url::Url::parse(issuer) {
+        match url.host() {
+            Some(url::Host::Domain(d)) if !dns.iter().any(|x| x == d) => dns.push(d.to_owned()),
+            Some(url::Host::Ipv4(ip)) if !ips.contains(&IpAddr::V4(ip)) => ips.push(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) if !ips.contains(&IpAddr::V6(ip)) => ips.push(IpAddr::V6(ip)),
+            _ => {}
+        }
+    }
+    (dns, ips)
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,38 @@
+//! Liveness, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use super::AppState;
+use crate::metrics as m;
+
+/// `GET /healthz`: the process answers.
+pub(super) async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
+}
+
+/// `GET /readyz`: keys loaded and the store reachable. The embedded store lives in
+/// this process, so it is reachable whenever the process answers.
+pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let _ = state.keyring.active();
+    (StatusCode::OK, "ready\n")
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let now = time::OffsetDateTime::now_utc();
+    for key in state.keyring.keys() {
+        let age = (now - key.created_at()).as_seconds_f64().max(0.0);
+        metrics::gauge!(m::SIGNING_KEY_AGE, "kid" => key.kid().to_owned(), "state" => key.state().as_str())
+            .set(age);
+    }
+    state.metrics.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,64 @@
+//! Per-caller rate limit (SPEC §5: 429 with `Retry-After`), keyed on the attested
+//! SPIFFE ID rather than the address: many functions share a NAT, and one caller
+//! can come from many addresses.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use baton_proto::SpiffeId;
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter as Governor};
+
+/// A token bucket per caller.
+pub struct RateLimiter {
+    inner: Governor<SpiffeId, DefaultKeyedStateStore<SpiffeId>, DefaultClock>,
+    clock: DefaultClock,
+}
+
+impl RateLimiter {
+    /// `per_second` sustained, `burst` at once (both at least 1).
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let clock = DefaultClock::default();
+        Self {
+            inner: Governor::new(
+                Quota::per_second(rate).allow_burst(burst),
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            ),
+            clock,
+        }
+    }
+
+    /// Takes one request from `caller`'s bucket, or says how long to wait.
+    pub fn check(&self, caller: &SpiffeId) -> Result<(), Duration> {
+        self.inner
+            .check_key(caller)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Forgets callers whose buckets are full again, bounding memory.
+    pub fn forget_idle(&self) {
+        self.inner.retain_recent();
+        self.inner.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refusal_with_a_wait_per_caller() {
+        let limiter = RateLimiter::new(1, 2);
+        let a: SpiffeId = "spiffe://example.org/a".parse().unwrap();
+        let b: SpiffeId = "spiffe://example.org/b".parse().unwrap();
+        assert!(limiter.check(&a).is_ok());
+        assert!(limiter.check(&a).is_ok());
+        let wait = limiter.check(&a).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        assert!(limiter.check(&b).is_ok(), "callers have separate buckets");
+    }
+}

@@ -1,0 +1,177 @@
+//! `POST /v1/token` (RFC 6749 §4.4 client credentials, authenticated per RFC 8705
+//! `tls_client_auth` or RFC 7523 `private_key_jwt`; SPEC §5).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum_server::tls::TlsInfo;
+use baton_proto::SpiffeId;
+use baton_proto::claims::{GRANT_TYPE_CLIENT_CREDENTIALS, MAX_BATCH_COUNT, Scope};
+use baton_proto::requests::TokenRequest;
+use baton_proto::responses::TokenResponse;
+
+use super::AppState;
+use super::error::ApiError;
+use super::form::ApiForm;
+use crate::attest::{AttestError, Attested, AuthMethod};
+use crate::mint::{self, TokenSpec};
+use crate::{audit, metrics as m};
+
+/// Mints `count` one-time tokens for one audience under one attestation.
+pub(super) async fn token(
+    State(state): State<AppState>,
+    tls: Option<axum::Extension<Arc<TlsInfo>>>,
+    ApiForm(req): ApiForm<TokenRequest>,
+) -> Response {
+    let audience = Some(req.audience.as_str());
+    match issue(
+        &state,
+        tls.as_deref().map(|i| i.peer_certificates.as_slice()),
+        &req,
+    ) {
+        Ok(response) => response,
+        Err((caller, e)) => {
+            metrics::counter!(m::TOKEN_DENIALS, "reason" => e.reason()).increment(1);
+            audit::denied(caller.as_ref(), audience, e.code().as_str(), e.reason());
+            e.into_response()
+        }
+    }
+}
+
+type Refusal = (Option<SpiffeId>, ApiError);
+
+fn issue(
+    state: &AppState,
+    peer_chain: Option<&[Vec<u8>]>,
+    req: &TokenRequest,
+) -> Result<Response, Refusal> {
+    // Cheap syntax checks first; attestation (signature, chain) only for a
+    // well-formed request.
+    let refuse = |e: ApiError| (None, e);
+    if req.grant_type != GRANT_TYPE_CLIENT_CREDENTIALS {
+        return Err(refuse(ApiError::unsupported_grant_type()));
+    }
+    let audience: SpiffeId = req.audience.parse().map_err(|e| {
+        refuse(ApiError::malformed_audience(format!(
+            "audience is not a SPIFFE ID: {e}"
+        )))
+    })?;
+    let scope: Option<Scope> = req
+        .scope
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| refuse(ApiError::malformed_scope(format!("malformed scope: {e}"))))?;
+    let count = req.count.unwrap_or(1);
+    if count == 0 || count > MAX_BATCH_COUNT {
+        return Err(refuse(ApiError::invalid_request(format!(
+            "count must be between 1 and {MAX_BATCH_COUNT}"
+        ))));
+    }
+
+    let now = unix_now();
+    let caller = attest(state, peer_chain, req, now).map_err(refuse)?;
+    let id = caller.id.clone();
+    let with_caller = |e: ApiError| (Some(id.clone()), e);
+
+    state
+        .limiter
+        .check(&caller.id)
+        .map_err(|wait| with_caller(ApiError::rate_limited(wait.as_secs_f64().ceil() as u64)))?;
+
+    let grant = state
+        .policy
+        .decide(&caller.id, &audience, scope.as_ref(), state.token_ttl)
+        .map_err(|d| with_caller(d.into()))?;
+
+    let key = state.keyring.active();
+    let sid = mint::new_session_id().map_err(|_| with_caller(ApiError::internal()))?;
+    let method = match caller.method {
+        AuthMethod::Mtls => "mtls",
+        AuthMethod::PrivateKeyJwt => "private_key_jwt",
+    };
+    let spec = TokenSpec {
+        issuer: &state.issuer,
+        caller: &caller.id,
+        audience: &audience,
+        scope: grant.scope.as_deref(),
+        ttl: grant.ttl,
+        sid: &sid,
+        // RFC 8705 §3: bind the token to the certificate only when the caller proved
+        // possession of it on this connection.
+        cnf_x5t_s256: match caller.method {
+            AuthMethod::Mtls => Some(caller.x5t_s256.as_str()),
+            AuthMethod::PrivateKeyJwt => None,
+        },
+    };
+    let mut tokens = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let start = Instant::now();
+        let minted = mint::mint(key, &spec, now).map_err(|e| {
+            tracing::error!(error = %e, "minting failed");
+            with_caller(ApiError::internal())
+        })?;
+        metrics::histogram!(m::MINT_DURATION).record(start.elapsed().as_secs_f64());
+        metrics::counter!(m::TOKENS_ISSUED, "alg" => key.alg().as_str(), "method" => method)
+            .increment(1);
+        audit::issued(
+            &caller.id,
+            &audience,
+            &minted.jti,
+            &sid,
+            grant.scope.as_deref(),
+            method,
+            minted.exp,
+        );
+        tokens.push(minted.token);
+    }
+
+    let expires_in = grant.ttl.as_secs();
+    let body = TokenResponse::new(tokens, expires_in, grant.scope.clone())
+        .ok_or_else(|| with_caller(ApiError::internal()))?;
+    let mut response = Json(body).into_response();
+    // RFC 6749 §5.1: responses carrying tokens are never cached.
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// RFC 6749 §2.3: a client uses one authentication method per request.
+fn attest(
+    state: &AppState,
+    peer_chain: Option<&[Vec<u8>]>,
+    req: &TokenRequest,
+    now: i64,
+) -> Result<Attested, ApiError> {
+    let assertion = req
+        .client_assertion()
+        .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    let peer_chain = peer_chain.filter(|c| !c.is_empty());
+    let (result, method) = match (assertion, peer_chain) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_request(
+                "use one client authentication method: a client certificate or a client_assertion, not both",
+            ));
+        }
+        (Some(assertion), None) => (
+            state.attestor.attest_assertion(assertion.jws(), now),
+            "private_key_jwt",
+        ),
+        (None, Some(chain)) => (state.attestor.attest_mtls(chain, now), "mtls"),
+        (None, None) => return Err(ApiError::no_client_authentication()),
+    };
+    result.map_err(|e: AttestError| {
+        metrics::counter!(m::ATTESTATION_FAILURES, "method" => method, "reason" => e.reason())
+            .increment(1);
+        ApiError::from(e)
+    })
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
