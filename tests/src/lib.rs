@@ -116,3 +116,235 @@ impl Default for Sandbox {
         Self::new()
     }
 }
+
+/// A `baton serve` child process on a loopback port, killed on drop.
+pub struct Server {
+    child: std::process::Child,
+    /// The HTTPS listener's address.
+    pub addr: std::net::SocketAddr,
+    /// The plain-HTTP listener's address, when `--http-listen` was given.
+    pub http_addr: Option<std::net::SocketAddr>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `baton serve --listen 127.0.0.1:0 --log-format json <extra>` against the
+    /// sandbox's data directory and waits (at most 30 s) for its "listening" line.
+    pub fn start(sb: &Sandbox, extra: &[&str]) -> Server {
+        Self::start_with_env(sb, extra, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables (e.g. `BATON_RATE_LIMIT`).
+    pub fn start_with_env(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        use std::io::BufRead as _;
+        let mut cmd = Command::new(baton_bin());
+        cmd.arg("--data-dir")
+            .arg(sb.data_dir())
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
+            .current_dir(sb.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("BATON_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.envs(env.iter().copied());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start baton serve: {e}"));
+        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let listening = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| {
+                        let https = v.get("https_addr")?.as_str()?.to_owned();
+                        let http = v
+                            .get("http_addr")
+                            .and_then(|a| a.as_str())
+                            .map(str::to_owned);
+                        Some((https, http))
+                    });
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+                if let Some(addrs) = listening {
+                    let _ = tx.send(addrs);
+                }
+            }
+        });
+        let (addr, http_addr) = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok((addr, http)) => (
+                addr.parse()
+                    .unwrap_or_else(|e| panic!("bad address {addr}: {e}")),
+                http.and_then(|h| h.parse().ok()),
+            ),
+            Err(_) => {
+                let _ = child.kill();
+                let log = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+                panic!("baton serve did not start listening:\n{log}");
+            }
+        };
+        Server {
+            child,
+            addr,
+            http_addr,
+            log,
+        }
+    }
+
+    /// `https://127.0.0.1:<port>` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to 10 s for a log line containing `needle`; says whether one came.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.log().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// DER blocks of a PEM file, in order.
+pub fn pem_blocks(pem: &str) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    let mut body = String::new();
+    let mut inside = false;
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN") {
+            inside = true;
+            body.clear();
+        } else if line.starts_with("-----END") {
+            inside = false;
+            out.push(
+                base64::engine::general_purpose::STANDARD
+                    .decode(&body)
+                    .unwrap_or_else(|e| panic!("bad PEM: {e}")),
+            );
+        } else if inside {
+            body.push_str(line.trim());
+        }
+    }
+    out
+}
+
+/// An HTTPS client that trusts `bundle_pem` and, when given, presents `identity`
+/// (certificate chain PEM, PKCS#8 key PEM) for mTLS.
+pub fn https_client(bundle_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for der in pem_blocks(bundle_pem) {
+        roots
+            .add(CertificateDer::from(der))
+            .unwrap_or_else(|e| panic!("bundle: {e}"));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap_or_else(|e| panic!("tls: {e}"))
+    .with_root_certificates(roots);
+    let config = match identity {
+        Some((chain, key)) => {
+            let chain = pem_blocks(chain)
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                pem_blocks(key)
+                    .pop()
+                    .unwrap_or_else(|| panic!("no key in PEM")),
+            ));
+            builder
+                .with_client_auth_cert(chain, key)
+                .unwrap_or_else(|e| panic!("client cert: {e}"))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap_or_else(|e| panic!("client: {e}"))
+}
+
+/// Signs a compact JWS over `header` and `claims` with a PKCS#8 P-256 (ES256) or
+/// Ed25519 (EdDSA) key, as a workload's client library would.
+pub fn sign_jws(header: &serde_json::Value, claims: &serde_json::Value, key_pem: &str) -> String {
+    use base64::Engine as _;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let der = pem_blocks(key_pem)
+        .pop()
+        .unwrap_or_else(|| panic!("no key in PEM"));
+    let rng = ring::rand::SystemRandom::new();
+    let sig = match header["alg"].as_str() {
+        Some("EdDSA") => Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+            .unwrap_or_else(|e| panic!("ed25519 key: {e}"))
+            .sign(input.as_bytes())
+            .as_ref()
+            .to_vec(),
+        _ => EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng)
+            .unwrap_or_else(|e| panic!("p256 key: {e}"))
+            .sign(&rng, input.as_bytes())
+            .unwrap_or_else(|e| panic!("sign: {e}"))
+            .as_ref()
+            .to_vec(),
+    };
+    format!("{input}.{}", b64.encode(sig))
+}
