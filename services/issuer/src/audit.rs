@@ -5,28 +5,23 @@
 
 use baton_proto::SpiffeId;
 
+use crate::mint::TokenSpec;
+
 /// Target of every audit event.
 pub const TARGET: &str = "baton::audit";
 
-/// A token was minted.
-pub fn issued(
-    caller: &SpiffeId,
-    audience: &SpiffeId,
-    jti: &str,
-    sid: &str,
-    scope: Option<&str>,
-    method: &str,
-    exp: i64,
-) {
+/// A token was minted from `spec` under policy rule `rule` (1-based, file order).
+pub fn issued(spec: &TokenSpec<'_>, jti: &str, exp: i64, method: &str, rule: usize) {
     tracing::info!(
         target: TARGET,
         event = "token.issued",
-        caller = %caller,
-        audience = %audience,
+        caller = %spec.caller,
+        audience = %spec.audience,
         jti,
-        sid,
-        scope = scope.unwrap_or(""),
+        sid = spec.sid,
+        scope = spec.scope.unwrap_or(""),
         method,
+        rule,
         exp,
     );
 }

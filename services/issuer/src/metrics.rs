@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Access tokens minted. Labels: `alg`, `method` (`mtls` | `private_key_jwt`).
+/// Access tokens minted. Labels: `alg`, `method` (`tls_client_auth` | `private_key_jwt`).
 pub const TOKENS_ISSUED: &str = "baton_tokens_issued_total";
 /// Token requests refused after parsing. Label: `reason`.
 pub const TOKEN_DENIALS: &str = "baton_token_denials_total";

@@ -172,20 +172,13 @@ impl From<AttestError> for ApiError {
 
 impl From<Denial> for ApiError {
     fn from(d: Denial) -> Self {
-        match d {
-            Denial::AudienceNotAllowed => Self::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidTarget,
-                d.reason(),
-                "the policy does not allow this caller to call that audience",
-            ),
-            Denial::ScopeNotAllowed => Self::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidScope,
-                d.reason(),
-                "the policy does not grant the requested scope for this audience",
-            ),
-        }
+        // Every policy refusal is a 400: invalid_target or invalid_scope (RFC 8707, 6749).
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            d.error_code(),
+            d.reason(),
+            d.to_string(),
+        )
     }
 }
 

@@ -75,8 +75,7 @@ fn issue(
 
     let now = unix_now();
     let caller = attest(state, peer_chain, req, now).map_err(refuse)?;
-    let id = caller.id.clone();
-    let with_caller = |e: ApiError| (Some(id.clone()), e);
+    let with_caller = |e: ApiError| (Some(caller.id.clone()), e);
 
     state
         .limiter
@@ -90,10 +89,7 @@ fn issue(
 
     let key = state.keyring.active();
     let sid = mint::new_session_id().map_err(|_| with_caller(ApiError::internal()))?;
-    let method = match caller.method {
-        AuthMethod::Mtls => "mtls",
-        AuthMethod::PrivateKeyJwt => "private_key_jwt",
-    };
+    let method = caller.method.as_str();
     let spec = TokenSpec {
         issuer: &state.issuer,
         caller: &caller.id,
@@ -118,15 +114,7 @@ fn issue(
         metrics::histogram!(m::MINT_DURATION).record(start.elapsed().as_secs_f64());
         metrics::counter!(m::TOKENS_ISSUED, "alg" => key.alg().as_str(), "method" => method)
             .increment(1);
-        audit::issued(
-            &caller.id,
-            &audience,
-            &minted.jti,
-            &sid,
-            grant.scope.as_deref(),
-            method,
-            minted.exp,
-        );
+        audit::issued(&spec, &minted.jti, minted.exp, method, grant.rule);
         tokens.push(minted.token);
     }
 
@@ -160,13 +148,13 @@ fn attest(
         }
         (Some(assertion), None) => (
             state.attestor.attest_assertion(assertion.jws(), now),
-            "private_key_jwt",
+            AuthMethod::PrivateKeyJwt,
         ),
-        (None, Some(chain)) => (state.attestor.attest_mtls(chain, now), "mtls"),
+        (None, Some(chain)) => (state.attestor.attest_mtls(chain, now), AuthMethod::Mtls),
         (None, None) => return Err(ApiError::no_client_authentication()),
     };
     result.map_err(|e: AttestError| {
-        metrics::counter!(m::ATTESTATION_FAILURES, "method" => method, "reason" => e.reason())
+        metrics::counter!(m::ATTESTATION_FAILURES, "method" => method.as_str(), "reason" => e.reason())
             .increment(1);
         ApiError::from(e)
     })
