@@ -5,6 +5,7 @@ mod enroll;
 mod init;
 mod policy;
 mod serve;
+mod token;
 
 use std::path::PathBuf;
 
@@ -44,6 +45,8 @@ enum Command {
     /// Run the issuer. On a fresh machine it first initializes a dev trust domain
     /// (example.org) in the data directory and listens on loopback only.
     Serve(serve::ServeArgs),
+    /// Caller- and callee-side token helpers.
+    Token(token::TokenArgs),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
@@ -56,6 +59,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enroll(args) => enroll::run(&ctx, args),
         Command::Policy(args) => policy::run(args),
         Command::Serve(args) => serve::run(&ctx, args),
+        Command::Token(args) => token::run(args),
     }
 }
 
