@@ -15,3 +15,13 @@
 #![deny(missing_docs)]
 
 pub use baton_proto::{SpiffeId, SpiffeIdError, TrustDomain};
+
+#[cfg(feature = "client")]
+mod client;
+#[cfg(feature = "client")]
+pub use client::{Auth, ConfigError, TokenClient, TokenClientBuilder, TokenError};
+
+#[cfg(feature = "reqwest")]
+pub mod reqwest_ext;
+#[cfg(feature = "reqwest")]
+pub use reqwest_ext::RequestBuilderExt;

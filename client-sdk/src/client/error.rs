@@ -1,0 +1,134 @@
+//! What can go wrong when getting a token: typed, so a caller can tell its own
+//! misconfiguration from a refusal by the issuer and from a network failure. No message
+//! carries a token, an assertion, key material or a request URL.
+
+use std::time::Duration;
+
+use baton_proto::SpiffeIdError;
+use baton_proto::error::ErrorCode;
+
+/// Why a [`TokenClient`](crate::TokenClient) could not return a token.
+///
+/// ```
+/// use baton_sdk::{ConfigError, TokenClient, TokenError};
+/// let err = TokenClient::builder("https://baton.example.org", b"", b"", b"")
+///     .build()
+///     .unwrap_err();
+/// assert!(matches!(err, TokenError::Config(ConfigError::Bundle(_))));
+/// assert!(!err.is_retryable());
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The client's configuration is unusable (PEM, certificate, key, issuer URL, TLS).
+    /// Only [`TokenClientBuilder::build`](crate::TokenClientBuilder::build) returns it.
+    #[error("token client configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The HTTPS exchange with the issuer failed: connection, TLS handshake (for
+    /// instance an issuer certificate outside the trust bundle), timeout or I/O.
+    /// The source error never names the URL.
+    #[error(
+        "HTTPS request to the issuer failed; check the issuer URL, the trust bundle and the network"
+    )]
+    Transport(#[source] reqwest::Error),
+    /// The issuer refused the request with an RFC 6749 §5.2 error.
+    #[error("the issuer refused the token request ({status} {error}){}", describe(description.as_deref()))]
+    Refused {
+        /// HTTP status of the answer.
+        status: u16,
+        /// The RFC 6749 error code, e.g. [`ErrorCode::InvalidTarget`] for an audience
+        /// the policy does not allow.
+        error: ErrorCode,
+        /// The issuer's `error_description`, reduced to printable ASCII and bounded.
+        description: Option<String>,
+        /// The `Retry-After` of a 429 or 503 answer.
+        retry_after: Option<Duration>,
+    },
+    /// The issuer answered with an HTTP status and a body that is not an RFC 6749 error
+    /// (a gateway page, for instance).
+    #[error("the issuer answered HTTP {status} without an RFC 6749 error body")]
+    UnexpectedStatus {
+        /// HTTP status of the answer.
+        status: u16,
+    },
+    /// The issuer answered 200 with something that is not a usable token response.
+    #[error("malformed token response: {0}")]
+    Malformed(&'static str),
+    /// Signing the client assertion failed: the system random number generator is
+    /// unavailable.
+    #[error("cannot sign the client assertion: the system random number generator failed")]
+    Signing,
+}
+
+impl TokenError {
+    /// Whether trying again later may succeed: the issuer was rate limiting (429),
+    /// temporarily unavailable (503, or a gateway's 502 / 504), or unreachable.
+    ///
+    /// A refusal on the merits (`invalid_client`, `invalid_target`, `invalid_scope`, …)
+    /// and a configuration error are not retryable.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Transport(_) => true,
+            Self::Refused { status, error, .. } => {
+                matches!(status, 429 | 503)
+                    || matches!(
+                        error,
+                        ErrorCode::SlowDown | ErrorCode::TemporarilyUnavailable
+                    )
+            }
+            Self::UnexpectedStatus { status } => matches!(status, 429 | 502 | 503 | 504),
+            Self::Config(_) | Self::Malformed(_) | Self::Signing => false,
+        }
+    }
+
+    /// How long the issuer asked the caller to wait (`Retry-After`), when it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+fn describe(description: Option<&str>) -> String {
+    description.map(|d| format!(": {d}")).unwrap_or_default()
+}
+
+/// What is wrong with the material a [`TokenClient`](crate::TokenClient) is built from.
+///
+/// Messages say which input to fix; none repeats key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The issuer URL is not an absolute `https` URL without credentials, query or
+    /// fragment.
+    #[error("issuer URL: {0}")]
+    IssuerUrl(&'static str),
+    /// The trust bundle PEM holds no usable CA certificate.
+    #[error("trust bundle: {0}")]
+    Bundle(&'static str),
+    /// The certificate chain PEM holds no certificate, or the leaf does not parse.
+    #[error("certificate chain: {0}")]
+    Certificate(&'static str),
+    /// The leaf certificate does not carry exactly one URI SAN.
+    #[error("the leaf certificate must carry exactly one URI SAN, the workload's SPIFFE ID")]
+    SanCount,
+    /// The leaf certificate's URI SAN is not a valid SPIFFE ID.
+    #[error("the leaf certificate's URI SAN is not a valid SPIFFE ID: {0}")]
+    SpiffeId(#[source] SpiffeIdError),
+    /// The key PEM is not a PKCS#8 P-256 or Ed25519 private key.
+    #[error("private key: {0}")]
+    Key(&'static str),
+    /// The private key does not belong to the leaf certificate.
+    #[error("the private key does not match the leaf certificate's public key")]
+    KeyMismatch,
+    /// The prefetch pool is larger than one batch mint may be.
+    #[error("pool size {0} exceeds the issuer's batch limit of {max}", max = baton_proto::claims::MAX_BATCH_COUNT)]
+    PoolSize(u8),
+    /// rustls refused the TLS configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
+    /// reqwest could not build the HTTPS client.
+    #[error("HTTPS client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
