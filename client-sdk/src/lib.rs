@@ -15,3 +15,9 @@
 #![deny(missing_docs)]
 
 pub use baton_proto::{SpiffeId, SpiffeIdError, TrustDomain};
+
+mod verify;
+pub use verify::{
+    BuildError, LocalReplayGuard, ReplayError, ReplayGuard, VerifiedCaller, Verifier,
+    VerifierBuilder, VerifyError,
+};
