@@ -1,9 +1,19 @@
-//! Baton client SDK.
+//! Baton client SDK (SPEC §8): one-time workload tokens for function-to-function calls.
 //!
-//! Callers get short-lived one-time tokens from a Baton issuer; callees verify them
-//! locally with cached, certificate-backed keys (SPEC §8). The verification and
-//! token-client halves land with their own issues; today the crate re-exports the
-//! identity types every user of the SDK starts from.
+//! - **Callee**: a [`Verifier`] checks tokens locally — no network call per token —
+//!   with signing keys it trusts only when their `x5c` certificate chains to the trust
+//!   bundle and carries the reserved `spiffe://<td>/baton/token-signer` ID. Keys come
+//!   from a JWKS file or, with the `fetch` feature, from the issuer, cached and
+//!   refreshed in the background. A [`ReplayGuard`] makes each token usable once
+//!   ([`LocalReplayGuard`]: once per verifier process).
+//! - **Caller** (`client` feature): a [`TokenClient`] gets a fresh token for one
+//!   audience over mTLS or with a signed client assertion, optionally from a small
+//!   prefetched pool.
+//! - **Integrations**: an axum extractor (`axum` feature, [`mod@axum`]) and a reqwest
+//!   helper (`reqwest` feature, [`RequestBuilderExt`]).
+//!
+//! With `default-features = false` only verification from a JWKS remains: no tokio, no
+//! HTTP client.
 //!
 //! ```
 //! use baton_sdk::SpiffeId;
@@ -16,6 +26,12 @@
 
 pub use baton_proto::{SpiffeId, SpiffeIdError, TrustDomain};
 
+mod verify;
+pub use verify::{
+    BuildError, LocalReplayGuard, ReplayError, ReplayGuard, VerifiedCaller, Verifier,
+    VerifierBuilder, VerifyError,
+};
+
 #[cfg(feature = "client")]
 mod client;
 #[cfg(feature = "client")]
@@ -25,3 +41,6 @@ pub use client::{Auth, ConfigError, TokenClient, TokenClientBuilder, TokenError}
 pub mod reqwest_ext;
 #[cfg(feature = "reqwest")]
 pub use reqwest_ext::RequestBuilderExt;
+
+#[cfg(feature = "axum")]
+pub mod axum;

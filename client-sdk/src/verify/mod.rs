@@ -1,0 +1,572 @@
+//! The callee half of the SDK (SPEC §4, §8): verify Baton access tokens locally,
+//! synchronously, with cached certificate-backed keys, and hold each to one use.
+//!
+//! A token is checked in the order a reader expects (go-spiffe's `jwtsvid`): size →
+//! three segments → header (allow-listed `alg`, `typ` `at+jwt`, `kid`) → key by `kid`
+//! → `alg` equals the key's → signature → claims → `iss` → `aud` → `exp` → `nbf` /
+//! `iat` → lifetime → `jti` → replay guard, last, so a token that fails anything else
+//! never burns its `jti`.
+
+mod error;
+#[cfg(feature = "fetch")]
+mod fetch;
+mod jws;
+mod keys;
+mod replay;
+
+use std::sync::Arc;
+#[cfg(feature = "fetch")]
+use std::time::Duration;
+
+use baton_proto::SpiffeId;
+use baton_proto::claims::{
+    AccessTokenClaims, MAX_CLOCK_LEEWAY_SECS, MAX_TOKEN_BYTES, MAX_TOKEN_TTL_SECS,
+};
+use baton_proto::jwks::Jwks;
+use serde::Deserialize;
+
+pub use error::{BuildError, VerifyError};
+pub use replay::{LocalReplayGuard, ReplayError, ReplayGuard};
+
+use jws::{Compact, Header};
+use keys::{KeyStore, KeyTrust, MAX_JWKS_BYTES, TrustedSet};
+
+/// Longest `jti` accepted, in bytes: it is stored by the replay guard.
+const MAX_JTI_BYTES: usize = 256;
+
+/// A caller whose token verified: who it is and what it was granted.
+///
+/// ```
+/// # use baton_sdk::VerifiedCaller;
+/// fn handle(caller: &VerifiedCaller) -> Result<(), &'static str> {
+///     if !caller.has_scope("payments:charge") {
+///         return Err("insufficient_scope");
+///     }
+///     println!("charge requested by {}", caller.id);
+///     Ok(())
+/// }
+/// # let caller = VerifiedCaller {
+/// #     id: "spiffe://example.org/fn/orders".parse().unwrap(),
+/// #     scopes: vec!["payments:charge".into()],
+/// #     session_id: "s".into(), jti: "j".into(), issued_at: 0, expires_at: 60,
+/// #     cnf_x5t_s256: None,
+/// # };
+/// # assert_eq!(handle(&caller), Ok(()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCaller {
+    /// The caller's SPIFFE ID (`sub`, equal to `client_id`).
+    pub id: SpiffeId,
+    /// Granted scopes (`scope`), in token order without duplicates; empty when none.
+    pub scopes: Vec<String>,
+    /// The session the token was minted in (`sid`): tokens of one attestation share it.
+    pub session_id: String,
+    /// The token's unique id (`jti`), now consumed. Log this, never the token.
+    pub jti: String,
+    /// `iat`, Unix seconds.
+    pub issued_at: i64,
+    /// `exp`, Unix seconds.
+    pub expires_at: i64,
+    /// `cnf.x5t#S256` (RFC 8705 §3.1) when the token is bound to the caller's
+    /// certificate: compare it with the thumbprint of the client certificate of an
+    /// mTLS connection to enforce the binding.
+    pub cnf_x5t_s256: Option<String>,
+}
+
+impl VerifiedCaller {
+    /// Whether `scope` was granted (exact, case-sensitive match, RFC 6749 §3.3).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// Verifies Baton access tokens addressed to one callee.
+///
+/// Build one at start with [`Verifier::builder`], share it behind an [`Arc`] (it is
+/// `Send + Sync`), and call [`verify`](Self::verify) for each request: it is
+/// synchronous, makes no network call, and returns the [`VerifiedCaller`] or the
+/// [`VerifyError`] naming the rule the token broke. Each token is accepted once
+/// (default guard: once per process, see [`LocalReplayGuard`]).
+///
+/// ```
+/// # mod support { include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_support/mod.rs")); }
+/// # use support::*;
+/// # let ca = Ca::new(TD);
+/// # let signer = ca.signer(Alg::Es256);
+/// # let bundle_pem = ca.pem.clone();
+/// # let jwks_json = jwks(&[signer.jwk()]);
+/// # let token = signer.token(&claims(unix_now()));
+/// use baton_sdk::{SpiffeId, Verifier, VerifyError};
+///
+/// let me: SpiffeId = "spiffe://example.org/fn/payments".parse()?;
+/// let verifier = Verifier::builder("https://baton.example.org", me, bundle_pem.as_bytes())?
+///     .jwks(&jwks_json)?
+///     .build()?;
+///
+/// let caller = verifier.verify(&token)?;
+/// assert_eq!(caller.id.as_str(), "spiffe://example.org/fn/orders");
+///
+/// // One-time: the second presentation of the same token is refused.
+/// assert_eq!(verifier.verify(&token), Err(VerifyError::Replayed));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Verifier {
+    issuer: String,
+    audience: SpiffeId,
+    leeway: i64,
+    keys: Arc<KeyStore>,
+    replay: Arc<dyn ReplayGuard>,
+    #[cfg(feature = "fetch")]
+    refresher: Option<Refresher>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("keys", &self.keys)
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// Starts building a verifier for tokens minted by `issuer` (the issuer URL,
+    /// compared exactly with `iss`) for `audience` (this service's own SPIFFE ID),
+    /// whose signing keys are certified by the CA certificates in `bundle_pem`.
+    ///
+    /// Keys come from a JWKS document ([`VerifierBuilder::jwks`], then
+    /// [`build`](VerifierBuilder::build)) or from the issuer
+    /// (`build_fetching`, feature `fetch`).
+    pub fn builder(
+        issuer: impl Into<String>,
+        audience: SpiffeId,
+        bundle_pem: &[u8],
+    ) -> Result<VerifierBuilder, BuildError> {
+        let issuer = issuer.into();
+        if issuer.is_empty() {
+            return Err(BuildError::EmptyIssuer);
+        }
+        let trust = KeyTrust::new(bundle_pem, &audience.trust_domain())?;
+        Ok(VerifierBuilder {
+            issuer,
+            audience,
+            trust: Arc::new(trust),
+            static_keys: None,
+            replay: None,
+            leeway: MAX_CLOCK_LEEWAY_SECS,
+            #[cfg(feature = "fetch")]
+            fetch: FetchOptions::default(),
+        })
+    }
+
+    /// Verifies `token` at the system clock's time; see [`verify_at`](Self::verify_at).
+    pub fn verify(&self, token: &str) -> Result<VerifiedCaller, VerifyError> {
+        self.verify_at(token, unix_now())
+    }
+
+    /// Verifies `token` as of `now` (Unix seconds) and consumes its `jti`.
+    ///
+    /// Every rejection rule of SPEC §4 applies, in this order, and the first that
+    /// fails is returned: size ≤ 8 KiB → three base64url segments → header (`alg`
+    /// `ES256` or `EdDSA` only, `typ` `at+jwt`, `kid` present; embedded `jwk`, `x5c`,
+    /// `jku` are ignored) → key by `kid` → `alg` equals the key's own → signature →
+    /// claims → `iss` → `aud` → `exp` → `nbf`, `iat` → lifetime ≤ 300 s → `jti` →
+    /// replay guard. The clock is injected for tests and replays of recorded traffic;
+    /// services call [`verify`](Self::verify). Never makes a network call: with fetched keys, an
+    /// unknown `kid` returns [`VerifyError::UnknownKey`] and asks the background task
+    /// for a rate-limited refresh.
+    pub fn verify_at(&self, token: &str, now: i64) -> Result<VerifiedCaller, VerifyError> {
+        // Shape: bounded before anything is decoded.
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::TooLarge);
+        }
+        let jws = Compact::split(token)?;
+        let header_json = jws::decode(jws.header_b64, "the header is not base64url")?;
+        let claims_json = jws::decode(jws.payload_b64, "the claims are not base64url")?;
+        let header = Header::parse(&header_json)?;
+
+        // kid is attacker-controlled: it is only ever a cache lookup.
+        let key = self
+            .keys
+            .get(&header.kid, now)
+            .inspect_err(|_| self.want_refresh())?;
+        if header.alg != key.alg() {
+            return Err(VerifyError::AlgorithmMismatch);
+        }
+        let signature = jws.signature().ok_or(VerifyError::BadSignature)?;
+        if !key.verify(jws.signing_input, signature) {
+            return Err(VerifyError::BadSignature);
+        }
+
+        // Authenticated from here on: only now are the claims read.
+        let claims = parse_claims(&claims_json)?;
+        self.check_claims(&claims, now)?;
+        let scopes = match claims.scopes() {
+            Ok(scope) => scope.map_or_else(Vec::new, |s| s.iter().map(str::to_owned).collect()),
+            Err(_) => return Err(VerifyError::Malformed("scope is not an RFC 6749 scope")),
+        };
+
+        // Last, so a token that fails any check above leaves its jti unused. The guard
+        // remembers the jti until this verifier would refuse the token anyway.
+        let until = claims.exp.saturating_add(self.leeway);
+        self.replay
+            .consume(&claims.jti, until, now)
+            .map_err(|e| match e {
+                ReplayError::Replayed => VerifyError::Replayed,
+                ReplayError::Unavailable => VerifyError::ReplayGuardUnavailable,
+            })?;
+        Ok(VerifiedCaller {
+            id: claims.sub,
+            scopes,
+            session_id: claims.sid,
+            jti: claims.jti,
+            issued_at: claims.iat,
+            expires_at: claims.exp,
+            cnf_x5t_s256: claims.cnf.map(|cnf| cnf.x5t_s256),
+        })
+    }
+
+    /// RFC 9068 §4 / RFC 7519 §4.1 with the SPEC §4 limits, in go-spiffe's order.
+    fn check_claims(&self, claims: &AccessTokenClaims, now: i64) -> Result<(), VerifyError> {
+        if claims.iss != self.issuer {
+            return Err(VerifyError::WrongIssuer);
+        }
+        if claims.aud != self.audience {
+            return Err(VerifyError::WrongAudience);
+        }
+        // RFC 9068 §2.2: for client credentials both name the client; an issuer that
+        // makes them differ is not one Baton knows how to read.
+        if claims.sub != claims.client_id {
+            return Err(VerifyError::Malformed("sub and client_id differ"));
+        }
+        if claims.exp <= now.saturating_sub(self.leeway) {
+            return Err(VerifyError::Expired);
+        }
+        let horizon = now.saturating_add(self.leeway);
+        if claims.nbf > horizon {
+            return Err(VerifyError::NotYetValid);
+        }
+        if claims.iat > horizon {
+            return Err(VerifyError::IssuedInFuture);
+        }
+        match claims.exp.checked_sub(claims.iat) {
+            Some(lifetime) if lifetime <= 0 => {
+                return Err(VerifyError::Malformed("exp is not later than iat"));
+            }
+            Some(lifetime) if lifetime <= MAX_TOKEN_TTL_SECS as i64 => {}
+            _ => return Err(VerifyError::LifetimeTooLong),
+        }
+        if claims.jti.is_empty() {
+            return Err(VerifyError::MissingJti);
+        }
+        if claims.jti.len() > MAX_JTI_BYTES {
+            return Err(VerifyError::Malformed("jti is longer than 256 bytes"));
+        }
+        Ok(())
+    }
+
+    /// The SPIFFE ID tokens must be addressed to (`aud`): this service's own.
+    pub fn audience(&self) -> &SpiffeId {
+        &self.audience
+    }
+
+    /// The issuer identifier tokens must carry in `iss`.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// How many keys of the last loaded JWKS failed the trust checks and are not used
+    /// (wrong chain, not the token signer, key not matching its certificate, …). A
+    /// non-zero value deserves an operator's look; verification does not depend on it.
+    pub fn untrusted_keys(&self) -> usize {
+        self.keys.untrusted()
+    }
+
+    /// Refetches the issuer's keys now, unless a fetch started less than
+    /// `min_refresh_interval` ago (then it returns `Ok` at once: the keys are as fresh
+    /// as the rate limit allows). For an async caller that met
+    /// [`VerifyError::UnknownKey`] and wants to retry once; a verifier with static
+    /// keys has nothing to refresh and returns `Ok`.
+    ///
+    /// ```no_run
+    /// # async fn example(verifier: &baton_sdk::Verifier, token: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// use baton_sdk::VerifyError;
+    /// let caller = match verifier.verify(token) {
+    ///     Err(VerifyError::UnknownKey) => {
+    ///         verifier.refresh().await?;
+    ///         verifier.verify(token)?
+    ///     }
+    ///     other => other?,
+    /// };
+    /// # let _ = caller; Ok(()) }
+    /// ```
+    #[cfg(feature = "fetch")]
+    pub async fn refresh(&self) -> Result<(), BuildError> {
+        match &self.refresher {
+            Some(refresher) => refresher.fetcher.refresh().await,
+            None => Ok(()),
+        }
+    }
+
+    fn want_refresh(&self) {
+        #[cfg(feature = "fetch")]
+        if let Some(refresher) = &self.refresher {
+            refresher.fetcher.want_refresh();
+        }
+    }
+}
+
+/// The system clock in Unix seconds; 0 if it reads before 1970, which makes every
+/// certificate and token look not yet valid (fails closed).
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The claims, with a missing `jti` told apart from a broken claim set.
+fn parse_claims(json: &[u8]) -> Result<AccessTokenClaims, VerifyError> {
+    serde_json::from_slice::<AccessTokenClaims>(json).map_err(|_| {
+        // Only on failure, so the hot path parses once.
+        #[derive(Deserialize)]
+        struct Probe {
+            #[serde(default)]
+            jti: Option<serde::de::IgnoredAny>,
+        }
+        match serde_json::from_slice::<Probe>(json) {
+            Ok(Probe { jti: None }) => VerifyError::MissingJti,
+            _ => VerifyError::Malformed("the claims are not a Baton access token's claim set"),
+        }
+    })
+}
+
+/// Configures a [`Verifier`]; made by [`Verifier::builder`].
+///
+/// ```
+/// # mod support { include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_support/mod.rs")); }
+/// # use support::*;
+/// # let ca = Ca::new(TD);
+/// # let dir = std::env::temp_dir().join(format!("baton-sdk-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # std::fs::write(dir.join("bundle.pem"), &ca.pem)?;
+/// # std::fs::write(dir.join("jwks.json"), jwks(&[ca.signer(Alg::EdDsa).jwk()]))?;
+/// use std::sync::Arc;
+/// use baton_sdk::{LocalReplayGuard, Verifier};
+///
+/// // `baton token verify --jwks FILE`: keys from a file instead of the issuer.
+/// let bundle = std::fs::read(dir.join("bundle.pem"))?;
+/// let verifier = Verifier::builder("https://baton.example.org", "spiffe://example.org/fn/payments".parse()?, &bundle)?
+///     .jwks(&std::fs::read(dir.join("jwks.json"))?)?
+///     .leeway(2)
+///     .replay_guard(Arc::new(LocalReplayGuard::with_capacity(10_000)))
+///     .build()?;
+/// assert_eq!(verifier.issuer(), "https://baton.example.org");
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct VerifierBuilder {
+    issuer: String,
+    audience: SpiffeId,
+    trust: Arc<KeyTrust>,
+    static_keys: Option<TrustedSet>,
+    replay: Option<Arc<dyn ReplayGuard>>,
+    leeway: u64,
+    #[cfg(feature = "fetch")]
+    fetch: FetchOptions,
+}
+
+#[cfg(feature = "fetch")]
+#[derive(Debug)]
+struct FetchOptions {
+    url: Option<String>,
+    client: Option<reqwest::Client>,
+    max_stale: Duration,
+    min_refresh_interval: Duration,
+}
+
+#[cfg(feature = "fetch")]
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            url: None,
+            client: None,
+            max_stale: VerifierBuilder::DEFAULT_MAX_STALE,
+            min_refresh_interval: VerifierBuilder::DEFAULT_MIN_REFRESH_INTERVAL,
+        }
+    }
+}
+
+impl VerifierBuilder {
+    /// Default [`max_stale`](Self::max_stale): 15 minutes. While the issuer is down
+    /// no new tokens are minted either, so a longer bound mostly serves a network
+    /// partition between this service and the issuer.
+    #[cfg(feature = "fetch")]
+    pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(15 * 60);
+    /// Default [`min_refresh_interval`](Self::min_refresh_interval): 10 seconds.
+    #[cfg(feature = "fetch")]
+    pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+    /// Uses the keys of a JWKS document (`GET /.well-known/jwks.json` saved to a file,
+    /// for instance) for the verifier's lifetime, with no fetching.
+    ///
+    /// Each key is checked now (chain to the bundle, reserved token-signer ID, key
+    /// matching its certificate); keys that fail are skipped, and it is an error only
+    /// when none passes. Keys are still refused at verify time once their certificate
+    /// has expired.
+    pub fn jwks(mut self, jwks_json: &[u8]) -> Result<Self, BuildError> {
+        if jwks_json.len() > MAX_JWKS_BYTES {
+            return Err(BuildError::JwksTooLarge {
+                limit: MAX_JWKS_BYTES,
+            });
+        }
+        let jwks: Jwks = serde_json::from_slice(jwks_json).map_err(BuildError::Jwks)?;
+        self.static_keys = Some(self.trust.check_set(&jwks, unix_now(), None)?);
+        Ok(self)
+    }
+
+    /// Replaces the default replay guard (a [`LocalReplayGuard`] of default capacity,
+    /// one per verifier) — e.g. with a shared one, so tokens are one-time across
+    /// replicas.
+    pub fn replay_guard(mut self, guard: Arc<dyn ReplayGuard>) -> Self {
+        self.replay = Some(guard);
+        self
+    }
+
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds (default and
+    /// maximum: 5, SPEC §4; larger values are clamped to 5).
+    pub fn leeway(mut self, secs: u64) -> Self {
+        self.leeway = secs.min(MAX_CLOCK_LEEWAY_SECS);
+        self
+    }
+
+    /// How long past the JWKS `max-age` the last fetched keys stay in use while the
+    /// issuer cannot be reached (default [`DEFAULT_MAX_STALE`](Self::DEFAULT_MAX_STALE)).
+    /// After that, verification fails closed with [`VerifyError::KeysUnavailable`].
+    #[cfg(feature = "fetch")]
+    pub fn max_stale(mut self, bound: Duration) -> Self {
+        self.fetch.max_stale = bound;
+        self
+    }
+
+    /// Least time between two fetches caused by unknown `kid`s or
+    /// [`Verifier::refresh`] (default
+    /// [`DEFAULT_MIN_REFRESH_INTERVAL`](Self::DEFAULT_MIN_REFRESH_INTERVAL)): however
+    /// many unknown kids an attacker sends, the issuer sees at most one request per
+    /// interval from this verifier.
+    #[cfg(feature = "fetch")]
+    pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
+        self.fetch.min_refresh_interval = interval;
+        self
+    }
+
+    /// Where to fetch the JWKS (default: `<issuer>/.well-known/jwks.json`). Any
+    /// transport will do, plain HTTP included: every key is trusted for its
+    /// certificate, not for where it came from (SPEC §2).
+    #[cfg(feature = "fetch")]
+    pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
+        self.fetch.url = Some(url.into());
+        self
+    }
+
+    /// The HTTP client for JWKS fetches (default: rustls with ring, trusting only the
+    /// trust bundle, 10 s timeout).
+    #[cfg(feature = "fetch")]
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.fetch.client = Some(client);
+        self
+    }
+
+    /// Builds a verifier with the static keys given to [`jwks`](Self::jwks).
+    pub fn build(self) -> Result<Verifier, BuildError> {
+        let set = self.static_keys.ok_or(BuildError::NoKeySource)?;
+        Ok(Verifier {
+            issuer: self.issuer,
+            audience: self.audience,
+            leeway: self.leeway as i64,
+            keys: Arc::new(KeyStore::new(set, None)),
+            replay: self
+                .replay
+                .unwrap_or_else(|| Arc::new(LocalReplayGuard::new())),
+            #[cfg(feature = "fetch")]
+            refresher: None,
+        })
+    }
+
+    /// Fetches the issuer's JWKS once (failing if that fetch fails or yields no trusted
+    /// key), then builds a verifier whose keys a background Tokio task keeps fresh:
+    /// refreshed before the `Cache-Control: max-age` runs out, served stale up to
+    /// [`max_stale`](Self::max_stale) while the issuer is unreachable, and refetched
+    /// on an unknown `kid` at most once per
+    /// [`min_refresh_interval`](Self::min_refresh_interval). The task stops when the
+    /// verifier is dropped.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use baton_sdk::Verifier;
+    ///
+    /// let bundle = std::fs::read("bundle.pem")?;
+    /// let verifier = Verifier::builder("https://127.0.0.1:8443", "spiffe://example.org/fn/payments".parse()?, &bundle)?
+    ///     .max_stale(Duration::from_secs(600))
+    ///     .build_fetching()
+    ///     .await?;
+    /// # let _ = verifier; Ok(()) }
+    /// ```
+    #[cfg(feature = "fetch")]
+    pub async fn build_fetching(self) -> Result<Verifier, BuildError> {
+        if self.static_keys.is_some() {
+            return Err(BuildError::ConflictingKeySources);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let client = match self.fetch.client {
+            Some(client) => client,
+            None => fetch::default_client(&self.trust)?,
+        };
+        let url = self.fetch.url.unwrap_or_else(|| {
+            format!(
+                "{}{}",
+                self.issuer.trim_end_matches('/'),
+                baton_proto::metadata::JWKS_PATH
+            )
+        });
+        let config = fetch::FetchConfig {
+            url,
+            client,
+            max_stale: self.fetch.max_stale,
+            min_refresh_interval: self.fetch.min_refresh_interval,
+        };
+        let (fetcher, keys) = fetch::Fetcher::start(config, self.trust).await?;
+        let task = runtime.spawn(Arc::clone(&fetcher).run());
+        Ok(Verifier {
+            issuer: self.issuer,
+            audience: self.audience,
+            leeway: self.leeway as i64,
+            keys,
+            replay: self
+                .replay
+                .unwrap_or_else(|| Arc::new(LocalReplayGuard::new())),
+            refresher: Some(Refresher {
+                fetcher,
+                task: task.abort_handle(),
+            }),
+        })
+    }
+}
+
+/// The background refresh of a fetching verifier; stopped when the verifier drops.
+#[cfg(feature = "fetch")]
+struct Refresher {
+    fetcher: Arc<fetch::Fetcher>,
+    task: tokio::task::AbortHandle,
+}
+
+#[cfg(feature = "fetch")]
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
