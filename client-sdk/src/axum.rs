@@ -61,29 +61,45 @@ where
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let (status, challenge) = match &self {
-            Rejection::MissingToken => (StatusCode::UNAUTHORIZED, "Bearer realm=\"baton\"".to_owned()),
+            Rejection::MissingToken => (
+                StatusCode::UNAUTHORIZED,
+                "Bearer realm=\"baton\"".to_owned(),
+            ),
             Rejection::Invalid(e) if e.is_unavailable() => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("Bearer realm=\"baton\", error=\"temporarily_unavailable\", error_description=\"{}\"", e.reason()),
+                format!(
+                    "Bearer realm=\"baton\", error=\"temporarily_unavailable\", error_description=\"{}\"",
+                    e.reason()
+                ),
             ),
             Rejection::Invalid(e) => (
                 StatusCode::UNAUTHORIZED,
                 // RFC 6750 §3: the reason is a fixed label, never the token.
-                format!("Bearer realm=\"baton\", error=\"invalid_token\", error_description=\"{}\"", e.reason()),
+                format!(
+                    "Bearer realm=\"baton\", error=\"invalid_token\", error_description=\"{}\"",
+                    e.reason()
+                ),
             ),
         };
         let mut response = status.into_response();
         if let Ok(value) = HeaderValue::from_str(&challenge) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -1,10 +1,13 @@
 //! `baton token inspect` (and, with the SDK, `mint` and `verify`): SPEC §9.
 
 use std::io::Read as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use baton_proto::SpiffeId;
+use baton_sdk::{Auth, TokenClient, Verifier};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -21,6 +24,11 @@ pub(super) struct TokenArgs {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
+    /// Caller side: print a fresh one-time token for an audience.
+    Mint(MintArgs),
+    /// Callee side: verify a token as the SDK's Verifier does; exit 0 with the caller
+    /// as JSON, or 1 with the reason. Consumes nothing beyond this process.
+    Verify(VerifyArgs),
     /// Decode a token's header and claims for debugging. Verifies NOTHING.
     Inspect(InspectArgs),
 }
@@ -36,7 +44,114 @@ struct InspectArgs {
 
 pub(super) fn run(args: TokenArgs) -> anyhow::Result<()> {
     match args.command {
+        TokenCommand::Mint(args) => mint(args),
+        TokenCommand::Verify(args) => verify(args),
         TokenCommand::Inspect(args) => inspect(args),
+    }
+}
+
+#[derive(Debug, Args)]
+struct MintArgs {
+    /// Issuer URL (its identifier), e.g. https://localhost:8443.
+    #[arg(long)]
+    issuer: String,
+    /// Trust bundle (PEM) the issuer's certificate must chain to.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Workload certificate chain (PEM, leaf first).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Workload private key (PKCS#8 PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// The callee's SPIFFE ID.
+    #[arg(long)]
+    audience: SpiffeId,
+    /// Scopes to request, space-separated.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Authenticate with a signed client assertion instead of mTLS.
+    #[arg(long)]
+    assertion: bool,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Issuer URL: the expected `iss`, and where keys are fetched from without --jwks.
+    #[arg(long)]
+    issuer: String,
+    /// Take the keys from this JWKS file instead of fetching them.
+    #[arg(long)]
+    jwks: Option<PathBuf>,
+    /// Trust bundle (PEM) every signing key's certificate must chain to.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// This verifier's own SPIFFE ID: the token's required audience.
+    #[arg(long)]
+    audience: SpiffeId,
+    /// The token, or `-` to read it from standard input.
+    token: String,
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    baton_issuer::fsio::read_bounded(path, 1024 * 1024)
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn mint(args: MintArgs) -> anyhow::Result<()> {
+    let client = TokenClient::builder(
+        args.issuer.as_str(),
+        &read_file(&args.bundle)?,
+        &read_file(&args.cert)?,
+        &read_file(&args.key)?,
+    )
+    .auth(if args.assertion {
+        Auth::Assertion
+    } else {
+        Auth::Mtls
+    })
+    .build()?;
+    let token = runtime()?.block_on(async {
+        match &args.scope {
+            Some(scope) => client.token_for_scope(&args.audience, scope).await,
+            None => client.token_for(&args.audience).await,
+        }
+    })?;
+    println!("{token}");
+    Ok(())
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let token = read_token(&args.token)?;
+    let builder = Verifier::builder(
+        args.issuer.as_str(),
+        args.audience.clone(),
+        &read_file(&args.bundle)?,
+    )?;
+    let verifier = match &args.jwks {
+        Some(path) => builder.jwks(&read_file(path)?)?.build()?,
+        None => runtime()?.block_on(builder.build_fetching())?,
+    };
+    match verifier.verify(&token) {
+        Ok(caller) => print_json(&json!({
+            "verified": true,
+            "caller": caller.id,
+            "audience": args.audience,
+            "scopes": caller.scopes,
+            "session_id": caller.session_id,
+            "jti": caller.jti,
+            "issued_at": caller.issued_at,
+            "expires_at": caller.expires_at,
+            "cnf_x5t_s256": caller.cnf_x5t_s256,
+        })),
+        Err(e) => bail!("token refused: {} ({e})", e.reason()),
     }
 }
 
