@@ -9,6 +9,7 @@ pub mod config;
 pub mod datadir;
 pub mod deny;
 pub mod fsio;
+pub mod introspect;
 pub mod join_token;
 pub mod keyring;
 pub mod ledger;
