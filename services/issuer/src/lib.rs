@@ -3,6 +3,7 @@
 //! layer over these modules.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod attest;
 pub mod audit;
 pub mod config;
