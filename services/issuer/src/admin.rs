@@ -36,6 +36,10 @@ pub const SOCKET_FILE: &str = "admin.sock";
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// How long the issuer waits for a request line, and for its reply to be taken.
 const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most request bytes read and dropped after an oversized request line.
+const DRAIN_BYTES: u64 = 1024 * 1024;
+/// How long the issuer waits for a client that sent too much to stop sending.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a client waits for the issuer (a policy reload reads and checks a file).
 const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -386,6 +390,15 @@ async fn connection(stream: UnixStream, ops: Arc<AdminOps>) {
         write.write_all(&reply.to_line()).await?;
         write.shutdown().await
     })
+    .await;
+    // A Unix socket closed with unread input resets its peer, which can destroy the
+    // reply before the client reads it (an oversized request): take in, boundedly,
+    // what the client still sends.
+    let mut rest = reader.into_inner().into_inner().take(DRAIN_BYTES);
+    let _ = tokio::time::timeout(
+        DRAIN_TIMEOUT,
+        tokio::io::copy(&mut rest, &mut tokio::io::sink()),
+    )
     .await;
 }
 
