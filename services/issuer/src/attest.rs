@@ -432,7 +432,12 @@ impl Attestor {
         self.ledger
             .consume(&replay_key, until, now)
             .map_err(|e| match e {
-                LedgerError::Replayed => AttestError::Replayed,
+                LedgerError::Replayed => {
+                    // Only here is the replaying caller known (its signature verified).
+                    crate::metrics::replay_attempt("client_assertion");
+                    crate::audit::replayed(&verdict.id, "client_assertion", None);
+                    AttestError::Replayed
+                }
                 LedgerError::Full => AttestError::LedgerUnavailable,
             })?;
         Ok(verdict.attested(AuthMethod::PrivateKeyJwt))

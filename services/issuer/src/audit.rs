@@ -1,9 +1,12 @@
-//! Audit events: one structured `tracing` event per issuance and per denial, under
-//! the `baton::audit` target so operators can route them apart from diagnostics.
-//! They name who asked, for whom, the outcome and the token's `jti` — never a token,
-//! an assertion or key material.
+//! Audit events: one structured `tracing` event per issuance, denial, introspection,
+//! consumption, replay attempt, revocation and identity revocation, under the
+//! `baton::audit` target so operators can route them apart from diagnostics. They name
+//! who asked, for whom, the outcome and the token's `jti` and `sid` — never a token,
+//! an assertion or key material. A `jti` is logged only once the token's signature
+//! verified; an unverified token's claims are whatever an attacker wrote.
 
 use baton_proto::SpiffeId;
+use baton_proto::claims::AccessTokenClaims;
 
 use crate::mint::TokenSpec;
 
@@ -36,6 +39,98 @@ pub fn denied(caller: Option<&SpiffeId>, audience: Option<&str>, error: &str, re
         audience = audience.map(|a| truncate(a, 256)).unwrap_or(""),
         error,
         reason,
+    );
+}
+
+/// A request to `endpoint` (`introspect`, `revoke`) was refused before any token was
+/// looked at: the caller did not authenticate (`reason`, as in attestation metrics).
+pub fn unauthenticated(endpoint: &str, error: &str, reason: &str) {
+    tracing::warn!(
+        target: TARGET,
+        event = "request.unauthenticated",
+        endpoint,
+        error,
+        reason,
+    );
+}
+
+/// An introspection was answered: `active`, or inactive for `reason`. `claims` are the
+/// token's when its signature verified.
+pub fn introspected(
+    caller: &SpiffeId,
+    claims: Option<&AccessTokenClaims>,
+    active: bool,
+    reason: &str,
+) {
+    tracing::info!(
+        target: TARGET,
+        event = "token.introspected",
+        caller = %caller,
+        active,
+        reason,
+        jti = claims.map_or("", |c| c.jti.as_str()),
+        sid = claims.map_or("", |c| c.sid.as_str()),
+        sub = claims.map_or("", |c| c.sub.as_str()),
+    );
+}
+
+/// A token was consumed: its one use, by its audience `caller`.
+pub fn consumed(caller: &SpiffeId, claims: &AccessTokenClaims) {
+    tracing::info!(
+        target: TARGET,
+        event = "token.consumed",
+        caller = %caller,
+        sub = %claims.sub,
+        jti = claims.jti,
+        sid = claims.sid,
+        exp = claims.exp,
+    );
+}
+
+/// A one-time id was presented again: an access token (`jti`, `sid`) or a client
+/// assertion of `caller` (its `jti` is not logged: it was never verified as unique).
+pub fn replayed(caller: &SpiffeId, kind: &str, claims: Option<&AccessTokenClaims>) {
+    tracing::warn!(
+        target: TARGET,
+        event = "replay.attempt",
+        kind,
+        caller = %caller,
+        jti = claims.map_or("", |c| c.jti.as_str()),
+        sid = claims.map_or("", |c| c.sid.as_str()),
+        sub = claims.map_or("", |c| c.sub.as_str()),
+    );
+}
+
+/// A revocation request (RFC 7009) by `caller`: `result` is `revoked`, `not_a_token`,
+/// `refused` or `unavailable`; `claims` when the token was authentic.
+pub fn revocation(
+    caller: &SpiffeId,
+    result: &str,
+    reason: &str,
+    claims: Option<&AccessTokenClaims>,
+) {
+    tracing::info!(
+        target: TARGET,
+        event = "session.revocation",
+        caller = %caller,
+        result,
+        reason,
+        jti = claims.map_or("", |c| c.jti.as_str()),
+        sid = claims.map_or("", |c| c.sid.as_str()),
+        sub = claims.map_or("", |c| c.sub.as_str()),
+        until = claims.map_or(0, |c| c.exp),
+    );
+}
+
+/// An identity was put on the deny list (admin socket); `newly` is false when it
+/// already was.
+pub fn identity_revoked(id: &SpiffeId, newly: bool) {
+    tracing::warn!(
+        target: TARGET,
+        event = "identity.revoked",
+        id = %id,
+        newly,
+        via = "admin_socket",
     );
 }
 

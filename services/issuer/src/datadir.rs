@@ -7,6 +7,8 @@
 //!   ca.key.sealed        0600  the root CA's private key, sealed under the KEK
 //!   kek                  0600  dev key-encryption key (only when BATON_KEK_FILE was not set)
 //!   join-tokens/         0700  one record per outstanding join token, named by its hash
+//!   denylist.json        0600  identity deny list (`baton identities revoke`)
+//!   admin.sock           0600  the running issuer's admin socket (gone when it stops)
 //! ```
 //!
 //! No file holds a private key in plain text. The directory is created whole or not
@@ -29,6 +31,7 @@ const CA_KEY: &str = "ca.key.sealed";
 const DEV_KEK: &str = "kek";
 const CONFIG: &str = "config.toml";
 const JOIN_TOKENS: &str = "join-tokens";
+const DENY_LIST: &str = "denylist.json";
 const CA_KEY_PURPOSE: &str = "ca-key";
 const MAX_BUNDLE_BYTES: u64 = 1024 * 1024;
 
@@ -143,6 +146,16 @@ impl DataDir {
     /// The directory of outstanding join tokens.
     pub fn join_tokens_path(&self) -> PathBuf {
         self.root.join(JOIN_TOKENS)
+    }
+
+    /// The persisted identity deny list.
+    pub fn deny_list_path(&self) -> PathBuf {
+        self.root.join(DENY_LIST)
+    }
+
+    /// The running issuer's admin socket.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.root.join(crate::admin::SOCKET_FILE)
     }
 
     fn dev_kek_path(&self) -> PathBuf {

@@ -5,15 +5,21 @@
 //! behind an [`ArcSwap`] and a writer publishes a new copy (copy-on-write). Revocations
 //! are rare and the list is small, so copying it on write costs nothing that matters.
 //!
-//! The list lives in memory only for now. Persistence (the data dir, or Redis in the
-//! distributed store, SPEC §7) will sit behind the same methods: a writer stores the
-//! change durably first, then publishes it here.
+//! [`DenyStore`] persists the list in the data directory (`denylist.json`, SPEC §7): a
+//! writer stores the change durably first, then publishes it to the in-memory list, so
+//! a denial the operator was told about survives a restart. (Redis, in the distributed
+//! store, will sit behind the same methods.)
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use baton_proto::SpiffeId;
+use serde::{Deserialize, Serialize};
+
+use crate::fsio::{self, Mode};
 
 /// The set of denied workload identities.
 ///
@@ -100,6 +106,147 @@ impl DenyList {
     }
 }
 
+/// Version of the deny-list file format.
+const FILE_VERSION: u8 = 1;
+/// Largest deny-list file read: tens of thousands of IDs, far beyond any real list.
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why the persisted deny list could not be read or written. Startup refuses to run
+/// with an unreadable list rather than forget denials.
+#[derive(Debug, thiserror::Error)]
+pub enum DenyFileError {
+    /// Reading the file failed.
+    #[error("cannot read the identity deny list {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file does not parse, or holds something that is not a SPIFFE ID.
+    #[error(
+        "{path} is not a valid identity deny list ({reason}); restore it from a backup or fix it by hand"
+    )]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing the file failed; the identity was not denied.
+    #[error("cannot write the identity deny list {path}; the identity was not denied")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyFile {
+    version: u8,
+    /// Sorted, so the file diffs cleanly.
+    denied: Vec<String>,
+}
+
+/// The deny list and the file that persists it.
+///
+/// ```
+/// use baton_issuer::deny::DenyStore;
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("denylist.json");
+/// let store = DenyStore::open(path.clone()).unwrap();
+/// let id = "spiffe://example.org/fn/orders".parse().unwrap();
+/// assert!(store.deny(&id).unwrap());
+/// assert!(store.list().contains(&id));
+/// // A restart reads it back.
+/// assert!(DenyStore::open(path).unwrap().list().contains(&id));
+/// ```
+#[derive(Debug)]
+pub struct DenyStore {
+    list: Arc<DenyList>,
+    path: PathBuf,
+    /// Serializes writers, so two denials cannot each write a file missing the other.
+    writing: Mutex<()>,
+}
+
+impl DenyStore {
+    /// Loads the list persisted at `path`; a missing file is an empty list. Blocking
+    /// I/O: call it at start-up.
+    pub fn open(path: PathBuf) -> Result<Self, DenyFileError> {
+        let ids = match fsio::read_bounded(&path, MAX_FILE_BYTES) {
+            Ok(bytes) => parse_file(&path, &bytes)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+            Err(source) => return Err(DenyFileError::Read { path, source }),
+        };
+        Ok(Self {
+            list: Arc::new(DenyList::from_ids(ids)),
+            path,
+            writing: Mutex::new(()),
+        })
+    }
+
+    /// The in-memory list, to share with attestation and introspection.
+    pub fn list(&self) -> &Arc<DenyList> {
+        &self.list
+    }
+
+    /// The file the list is persisted in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Denies `id`: written durably first (atomic write, fsync), then put in force.
+    /// Returns `false` if it was already denied. Blocking I/O: call it off the async
+    /// runtime.
+    pub fn deny(&self, id: &SpiffeId) -> Result<bool, DenyFileError> {
+        let _serial = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.list.contains(id) {
+            return Ok(false);
+        }
+        let mut next = HashSet::clone(&self.list.snapshot());
+        next.insert(id.clone());
+        let mut denied: Vec<String> = next.iter().map(|i| i.as_str().to_owned()).collect();
+        denied.sort_unstable();
+        let mut json = serde_json::to_vec_pretty(&DenyFile {
+            version: FILE_VERSION,
+            denied,
+        })
+        .map_err(|e| DenyFileError::Write {
+            path: self.path.clone(),
+            source: io::Error::other(e),
+        })?;
+        json.push(b'\n');
+        fsio::write_atomic(&self.path, &json, Mode::Private).map_err(|source| {
+            DenyFileError::Write {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        Ok(self.list.insert(id))
+    }
+}
+
+fn parse_file(path: &Path, bytes: &[u8]) -> Result<HashSet<SpiffeId>, DenyFileError> {
+    let invalid = |reason: String| DenyFileError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let file: DenyFile = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    if file.version != FILE_VERSION {
+        return Err(invalid(format!("unknown version {}", file.version)));
+    }
+    file.denied
+        .iter()
+        .map(|s| {
+            s.parse::<SpiffeId>()
+                .map_err(|e| invalid(format!("{s:?} is not a SPIFFE ID: {e}")))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +299,54 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(deny.len(), 400);
+    }
+
+    #[test]
+    fn denial_is_persisted_before_it_is_applied_and_survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("denylist.json");
+        let store = DenyStore::open(path.clone()).unwrap();
+        assert!(store.list().is_empty());
+        let (a, b) = (id("spiffe://example.org/b"), id("spiffe://example.org/a"));
+        assert!(store.deny(&a).unwrap());
+        assert!(!store.deny(&a).unwrap(), "second denial is a no-op");
+        assert!(store.deny(&b).unwrap());
+        let reopened = DenyStore::open(path.clone()).unwrap();
+        assert!(reopened.list().contains(&a) && reopened.list().contains(&b));
+        assert_eq!(reopened.list().len(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.find("example.org/a").unwrap() < text.find("example.org/b").unwrap());
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_damaged_deny_list_refuses_to_load_rather_than_forget_denials() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("denylist.json");
+        for bad in [
+            "not json",
+            r#"{"version":2,"denied":[]}"#,
+            r#"{"version":1,"denied":["https://x"]}"#,
+            r#"{"version":1,"denied":[],"extra":1}"#,
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = DenyStore::open(path.clone()).unwrap_err();
+            assert!(matches!(err, DenyFileError::Invalid { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains("denylist.json"), "{err}");
+        }
+    }
+
+    #[test]
+    fn failed_write_leaves_the_identity_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DenyStore::open(dir.path().join("missing-dir/denylist.json")).unwrap();
+        let orders = id("spiffe://example.org/fn/orders");
+        assert!(matches!(
+            store.deny(&orders),
+            Err(DenyFileError::Write { .. })
+        ));
+        assert!(!store.list().contains(&orders));
     }
 }

@@ -31,7 +31,8 @@ use baton_proto::jwks::{Jwk, JwkKey, Jwks, MAX_JWKS_KEYS};
 use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ED25519, PublicKeyData, SignatureAlgorithm};
 use ring::rand::SystemRandom;
 use ring::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, Signature,
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair,
+    Ed25519KeyPair, KeyPair as _, Signature, UnparsedPublicKey, VerificationAlgorithm,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -199,6 +200,17 @@ impl KeyPair {
         }
     }
 
+    /// The public half with the one algorithm it verifies, bound now so a token's
+    /// header can never choose it.
+    fn verifier(&self) -> UnparsedPublicKey<Vec<u8>> {
+        let algorithm: &'static dyn VerificationAlgorithm = match self {
+            // Fixed-width R‖S, as JWS carries it (RFC 7518 §3.4).
+            Self::Es256(_) => &ECDSA_P256_SHA256_FIXED,
+            Self::EdDsa(_) => &ED25519,
+        };
+        UnparsedPublicKey::new(algorithm, self.public_key().raw.to_vec())
+    }
+
     fn public_key(&self) -> PublicKey<'_> {
         match self {
             Self::Es256(k) => PublicKey {
@@ -273,6 +285,8 @@ pub struct SigningKey {
     cert_der: Vec<u8>,
     jwk: Jwk,
     key_pair: KeyPair,
+    /// The public half, parsed once with its algorithm, for verifying tokens.
+    verifier: UnparsedPublicKey<Vec<u8>>,
     /// The base64url JOSE header of every token this key signs, encoded once.
     token_header_b64: String,
 }
@@ -337,6 +351,12 @@ impl SigningKey {
             KeyPair::Es256(k) => k.sign(&SystemRandom::new(), signing_input),
             KeyPair::EdDsa(k) => Ok(k.sign(signing_input)),
         }
+    }
+
+    /// Whether `signature` is this key's signature over a JWS signing input, with the
+    /// key's own algorithm (ES256: 64 bytes R‖S; EdDSA: 64 bytes).
+    pub(crate) fn verify(&self, signing_input: &[u8], signature: &[u8]) -> bool {
+        self.verifier.verify(signing_input, signature).is_ok()
     }
 }
 
@@ -673,6 +693,7 @@ fn load_key(
         x5c: vec![cert],
     };
     let token_header_b64 = crate::mint::token_header_b64(alg, &kid);
+    let verifier = key_pair.verifier();
     Ok(SigningKey {
         kid,
         alg,
@@ -682,6 +703,7 @@ fn load_key(
         cert_der,
         jwk,
         key_pair,
+        verifier,
         token_header_b64,
     })
 }
@@ -782,6 +804,28 @@ pub(crate) mod tests {
             assert_eq!(back, state);
         }
         assert!(serde_json::from_str::<KeyState>("\"Active\"").is_err());
+    }
+
+    #[test]
+    fn each_key_verifies_its_own_signatures_and_nothing_else() {
+        for alg in [JwsAlgorithm::Es256, JwsAlgorithm::EdDsa] {
+            let (_tmp, _store, ring) = keyring(alg);
+            let (a, b) = (&ring.keys()[0], &ring.keys()[1]);
+            let sig = a.sign(b"header.payload").unwrap();
+            assert!(a.verify(b"header.payload", sig.as_ref()), "{alg}");
+            assert!(
+                !a.verify(b"header.payloaX", sig.as_ref()),
+                "{alg}: other input"
+            );
+            assert!(
+                !b.verify(b"header.payload", sig.as_ref()),
+                "{alg}: other key"
+            );
+            assert!(
+                !a.verify(b"header.payload", &sig.as_ref()[..63]),
+                "{alg}: short"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The replay ledger (SPEC §7): every one-time id (an access token's or a client
 //! assertion's `jti`) is recorded when first used and remembered until it expires, so a
-//! second use is refused.
+//! second use is refused. The same store holds the issuer's other short-lived marks —
+//! revoked sessions (`sid`, RFC 7009) — which are checked rather than consumed.
 //!
 //! The ledger fails closed. It never forgets an unexpired entry to make room — an
 //! evicting cache (LRU, moka) would reopen the replay window for whatever it evicts,
@@ -8,8 +9,9 @@
 //! it refuses with [`LedgerError::Full`], which callers answer with 503: a refused
 //! request is an outage, an accepted replay is a breach.
 //!
-//! [`MemoryLedger`] is the embedded store's ledger; a shared Redis ledger
-//! (`SET key 1 NX PXAT exp`) will implement [`ReplayLedger`] too.
+//! [`MemoryLedger`] is the embedded store's ledger; a shared Redis ledger will
+//! implement [`ReplayLedger`] too (`consume`: `SET key 1 NX PXAT exp`; `mark`:
+//! `SET key 1 PXAT exp` keeping the later expiry; `contains`: `EXISTS key`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +19,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use ring::digest;
 
-/// Why a key was not consumed.
+/// Why a key was not recorded, or could not be looked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LedgerError {
@@ -30,6 +32,9 @@ pub enum LedgerError {
 }
 
 /// A store that lets each key be consumed once until it expires.
+///
+/// Keys are namespaced by their caller (`client-assertion <id> <jti>`,
+/// `access-token <jti>`, `revoked-session <sid>`), so one ledger serves every use.
 pub trait ReplayLedger: Send + Sync + std::fmt::Debug {
     /// Records `key` as used until `exp` (Unix seconds): the entry is live while
     /// `now < exp`. Fails with [`LedgerError::Replayed`] if `key` is already live.
@@ -38,22 +43,57 @@ pub trait ReplayLedger: Send + Sync + std::fmt::Debug {
     /// while it is valid); callers reject expired items before consuming them.
     fn consume(&self, key: &str, exp: i64, now: i64) -> Result<(), LedgerError>;
 
+    /// Records `key` as live until `exp`, whether or not it already is; a live entry
+    /// keeps the later of its two expiries. For marks that are checked with
+    /// [`contains`](Self::contains) rather than consumed (revoked sessions).
+    fn mark(&self, key: &str, exp: i64, now: i64) -> Result<(), LedgerError>;
+
+    /// Whether `key` is live at `now` (consumed or marked, and not expired).
+    ///
+    /// The in-memory ledger always answers; a networked one fails with an error
+    /// when it cannot, and callers must then fail closed.
+    fn contains(&self, key: &str, now: i64) -> Result<bool, LedgerError>;
+
     /// The time (Unix seconds) since which this ledger has seen every consumed key.
-    /// Anything issued before it may have been used already without the ledger
+    /// Anything issued at or before it may have been used already without the ledger
     /// knowing (SPEC §7: after a restart, older tokens answer inactive).
     fn started_at(&self) -> i64;
+
+    /// Whether the ledger can record a new entry now (readiness: `/readyz`).
+    fn ready(&self, now: i64) -> bool;
 }
 
 /// Number of independently locked shards: enough that concurrent requests rarely
 /// wait on each other, few enough that a full purge is cheap.
 const SHARDS: usize = 16;
 
+/// What an entry is keyed by: the first 128 bits of the key's SHA-256.
+///
+/// 128 bits are plenty: a collision can only make the ledger refuse a fresh key as a
+/// replay (never accept a replay), its chance among a million live entries is about
+/// 10^-27, and forcing one onto another caller's key is a second-preimage search.
+type Digest = [u8; 16];
+
+/// An entry's expiry, Unix seconds. A `u32` holds every second until 2106; later
+/// times saturate, which keeps the entry (failing closed) rather than dropping it.
+type Expiry = u32;
+
+fn expiry(t: i64) -> Expiry {
+    Expiry::try_from(t.max(0)).unwrap_or(Expiry::MAX)
+}
+
+fn live(exp: Expiry, now: i64) -> bool {
+    now < i64::from(exp)
+}
+
 /// An in-memory replay ledger with a hard bound on its number of live entries.
 ///
-/// Keys are stored as their SHA-256 digest, so each entry costs the same ~48 bytes
-/// however long the key is, and memory is bounded by the capacity alone. Expired
-/// entries are purged lazily: only when the ledger is full, and only in shards whose
-/// earliest expiry has passed, so a full ledger of live entries refuses in O(shards).
+/// Each entry is a 16-byte key digest and a 4-byte expiry, whatever the key's length,
+/// so memory is bounded by the capacity alone: about 45 bytes per live entry measured
+/// at a million entries (hash-table slack included; `tests/ledger_memory.rs`). Expired
+/// entries are purged when the ledger is full (only in shards whose earliest expiry has
+/// passed, so a full ledger of live entries refuses in O(shards)) and by
+/// [`purge_expired`](Self::purge_expired), which the issuer calls periodically.
 ///
 /// ```
 /// use baton_issuer::ledger::{LedgerError, MemoryLedger, ReplayLedger};
@@ -75,8 +115,7 @@ pub struct MemoryLedger {
 
 #[derive(Debug)]
 struct Shard {
-    /// Key digest → expiry (Unix seconds).
-    entries: HashMap<[u8; 32], i64>,
+    entries: HashMap<Digest, Expiry>,
     /// No entry expires before this; `i64::MAX` when empty. Lets a purge skip a shard
     /// that has nothing to free without scanning it.
     earliest: i64,
@@ -89,20 +128,35 @@ impl Shard {
             return 0;
         }
         let before = self.entries.len();
-        self.entries.retain(|_, exp| now < *exp);
-        self.earliest = self.entries.values().copied().min().unwrap_or(i64::MAX);
+        self.entries.retain(|_, exp| live(*exp, now));
+        self.earliest = self
+            .entries
+            .values()
+            .copied()
+            .min()
+            .map_or(i64::MAX, i64::from);
         before - self.entries.len()
     }
 
-    fn record(&mut self, digest: [u8; 32], exp: i64) {
+    fn record(&mut self, digest: Digest, exp: Expiry) {
         self.entries.insert(digest, exp);
-        self.earliest = self.earliest.min(exp);
+        self.earliest = self.earliest.min(i64::from(exp));
     }
+}
+
+/// What to do when the key is already live.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnLive {
+    /// `consume`: it is a replay.
+    Refuse,
+    /// `mark`: keep the later expiry.
+    Extend,
 }
 
 /// What a shard can say about a key without taking a new slot.
 enum Lookup {
-    Live,
+    /// Live, and `on_live` decided.
+    Live(Result<(), LedgerError>),
     /// Present but expired: its slot is reused.
     Reused,
     Absent,
@@ -149,6 +203,16 @@ impl MemoryLedger {
         self.len() == 0
     }
 
+    /// Drops every entry expired at `now`, one shard lock at a time. The ledger also
+    /// does this by itself when full; calling it periodically keeps [`len`](Self::len)
+    /// close to the number of live entries.
+    pub fn purge_expired(&self, now: i64) {
+        for i in 0..SHARDS {
+            let freed = self.shard(i).purge(now);
+            self.len.fetch_sub(freed, Ordering::AcqRel);
+        }
+    }
+
     fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
         // No code path panics while holding a shard lock, so a poisoned lock still
         // guards a consistent map: keep using it rather than fail every request.
@@ -166,74 +230,111 @@ impl MemoryLedger {
             .is_ok()
     }
 
-    fn lookup_and_reuse(shard: &mut Shard, digest: &[u8; 32], exp: i64, now: i64) -> Lookup {
+    fn lookup_and_reuse(
+        shard: &mut Shard,
+        digest: &Digest,
+        exp: Expiry,
+        now: i64,
+        on_live: OnLive,
+    ) -> Lookup {
         match shard.entries.get_mut(digest) {
-            Some(until) if now < *until => Lookup::Live,
+            Some(until) if live(*until, now) => Lookup::Live(match on_live {
+                OnLive::Refuse => Err(LedgerError::Replayed),
+                OnLive::Extend => {
+                    *until = (*until).max(exp);
+                    Ok(())
+                }
+            }),
             Some(until) => {
                 *until = exp;
-                shard.earliest = shard.earliest.min(exp);
+                shard.earliest = shard.earliest.min(i64::from(exp));
                 Lookup::Reused
             }
             None => Lookup::Absent,
         }
     }
 
-    /// Purges expired entries from every shard, one lock at a time.
-    fn purge_all(&self, now: i64) {
-        for i in 0..SHARDS {
-            let freed = self.shard(i).purge(now);
-            self.len.fetch_sub(freed, Ordering::AcqRel);
-        }
-    }
-}
-
-impl ReplayLedger for MemoryLedger {
-    fn consume(&self, key: &str, exp: i64, now: i64) -> Result<(), LedgerError> {
-        let d = digest::digest(&digest::SHA256, key.as_bytes());
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(d.as_ref());
+    /// `consume` and `mark`: one algorithm, differing only on a live key.
+    fn record(&self, key: &str, exp: i64, now: i64, on_live: OnLive) -> Result<(), LedgerError> {
+        let digest = digest_of(key);
         let index = usize::from(digest[0]);
+        let exp_at = expiry(exp);
 
         {
             let mut shard = self.shard(index);
-            match Self::lookup_and_reuse(&mut shard, &digest, exp, now) {
-                Lookup::Live => return Err(LedgerError::Replayed),
+            match Self::lookup_and_reuse(&mut shard, &digest, exp_at, now, on_live) {
+                Lookup::Live(result) => return result,
                 Lookup::Reused => return Ok(()),
-                Lookup::Absent if exp <= now => return Ok(()),
+                Lookup::Absent if !live(exp_at, now) => return Ok(()),
                 Lookup::Absent => {}
             }
             if self.reserve() {
-                shard.record(digest, exp);
+                shard.record(digest, exp_at);
                 return Ok(());
             }
             let freed = shard.purge(now);
             self.len.fetch_sub(freed, Ordering::AcqRel);
             if self.reserve() {
-                shard.record(digest, exp);
+                shard.record(digest, exp_at);
                 return Ok(());
             }
             // Our shard's lock is released before the others are taken, so two
             // threads purging at once cannot deadlock.
         }
-        self.purge_all(now);
+        self.purge_expired(now);
 
         let mut shard = self.shard(index);
-        // Another thread may have consumed the same key while the lock was released.
-        match Self::lookup_and_reuse(&mut shard, &digest, exp, now) {
-            Lookup::Live => return Err(LedgerError::Replayed),
+        // Another thread may have recorded the same key while the lock was released.
+        match Self::lookup_and_reuse(&mut shard, &digest, exp_at, now, on_live) {
+            Lookup::Live(result) => return result,
             Lookup::Reused => return Ok(()),
             Lookup::Absent => {}
         }
         if self.reserve() {
-            shard.record(digest, exp);
+            shard.record(digest, exp_at);
             Ok(())
         } else {
             Err(LedgerError::Full)
         }
     }
+}
+
+fn digest_of(key: &str) -> Digest {
+    let full = digest::digest(&digest::SHA256, key.as_bytes());
+    let mut out = Digest::default();
+    let n = out.len();
+    out.copy_from_slice(&full.as_ref()[..n]);
+    out
+}
+
+impl ReplayLedger for MemoryLedger {
+    fn consume(&self, key: &str, exp: i64, now: i64) -> Result<(), LedgerError> {
+        self.record(key, exp, now, OnLive::Refuse)
+    }
+
+    fn mark(&self, key: &str, exp: i64, now: i64) -> Result<(), LedgerError> {
+        self.record(key, exp, now, OnLive::Extend)
+    }
+
+    fn contains(&self, key: &str, now: i64) -> Result<bool, LedgerError> {
+        let digest = digest_of(key);
+        let shard = self.shard(usize::from(digest[0]));
+        Ok(shard
+            .entries
+            .get(&digest)
+            .is_some_and(|exp| live(*exp, now)))
+    }
 
     fn started_at(&self) -> i64 {
         self.started_at
+    }
+
+    fn ready(&self, now: i64) -> bool {
+        if self.len() < self.capacity {
+            return true;
+        }
+        self.purge_expired(now);
+        self.len() < self.capacity
     }
 }
 
@@ -383,5 +484,89 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(ledger.len(), 100);
+    }
+
+    #[test]
+    fn marked_key_is_contained_until_it_expires_and_a_mark_keeps_the_later_expiry() {
+        let ledger = MemoryLedger::new(10, T0);
+        assert_eq!(ledger.contains("s", T0), Ok(false));
+        assert_eq!(ledger.mark("s", T0 + 60, T0), Ok(()));
+        assert_eq!(ledger.contains("s", T0 + 59), Ok(true));
+        // Marking again is no error, and an earlier expiry does not shorten it.
+        assert_eq!(ledger.mark("s", T0 + 30, T0 + 1), Ok(()));
+        assert_eq!(ledger.contains("s", T0 + 59), Ok(true));
+        assert_eq!(ledger.mark("s", T0 + 90, T0 + 2), Ok(()));
+        assert_eq!(ledger.contains("s", T0 + 89), Ok(true));
+        assert_eq!(ledger.contains("s", T0 + 90), Ok(false));
+        assert_eq!(ledger.len(), 1);
+    }
+
+    #[test]
+    fn consumed_key_is_contained_and_a_marked_key_cannot_be_consumed() {
+        let ledger = MemoryLedger::new(10, T0);
+        ledger.consume("a", T0 + 60, T0).unwrap();
+        assert_eq!(ledger.contains("a", T0 + 1), Ok(true));
+        ledger.mark("b", T0 + 60, T0).unwrap();
+        assert_eq!(ledger.consume("b", T0 + 60, T0), Err(LedgerError::Replayed));
+    }
+
+    #[test]
+    fn mark_on_a_full_ledger_fails_closed_and_already_expired_mark_takes_no_room() {
+        let ledger = MemoryLedger::new(1, T0);
+        ledger.consume("a", T0 + 60, T0).unwrap();
+        assert_eq!(ledger.mark("s", T0 + 60, T0), Err(LedgerError::Full));
+        assert_eq!(ledger.mark("old", T0, T0), Ok(()));
+        assert_eq!(ledger.contains("old", T0), Ok(false));
+        // Re-marking a live key needs no new room.
+        assert_eq!(ledger.mark("a", T0 + 90, T0), Ok(()));
+    }
+
+    #[test]
+    fn ready_until_full_of_live_entries_and_again_once_they_expire() {
+        let ledger = MemoryLedger::new(2, T0);
+        assert!(ledger.ready(T0));
+        ledger.consume("a", T0 + 10, T0).unwrap();
+        ledger.consume("b", T0 + 60, T0).unwrap();
+        assert!(!ledger.ready(T0 + 9));
+        assert!(ledger.ready(T0 + 10), "the expired entry is purged");
+        assert_eq!(ledger.len(), 1);
+    }
+
+    #[test]
+    fn periodic_purge_frees_expired_entries_only() {
+        let ledger = MemoryLedger::new(100, T0);
+        for i in 0..20 {
+            ledger.consume(&format!("short{i}"), T0 + 10, T0).unwrap();
+            ledger.consume(&format!("long{i}"), T0 + 100, T0).unwrap();
+        }
+        ledger.purge_expired(T0 + 9);
+        assert_eq!(ledger.len(), 40);
+        ledger.purge_expired(T0 + 10);
+        assert_eq!(ledger.len(), 20);
+        assert_eq!(
+            ledger.consume("long7", T0 + 100, T0 + 10),
+            Err(LedgerError::Replayed)
+        );
+    }
+
+    #[test]
+    fn expiries_beyond_2106_saturate_and_stay_live() {
+        let ledger = MemoryLedger::new(10, T0);
+        ledger.consume("far", i64::MAX, T0).unwrap();
+        assert_eq!(ledger.contains("far", i64::from(u32::MAX) - 1), Ok(true));
+        assert_eq!(expiry(-5), 0);
+    }
+
+    #[test]
+    fn keys_of_any_length_cost_one_fixed_size_entry() {
+        let ledger = MemoryLedger::new(10, T0);
+        let long = "k".repeat(100_000);
+        ledger.consume(&long, T0 + 60, T0).unwrap();
+        assert_eq!(
+            ledger.consume(&long, T0 + 60, T0),
+            Err(LedgerError::Replayed)
+        );
+        assert_eq!(ledger.consume(&long[1..], T0 + 60, T0), Ok(()));
+        assert_eq!(std::mem::size_of::<(Digest, Expiry)>(), 20);
     }
 }

@@ -3,12 +3,14 @@
 //! layer over these modules.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod attest;
 pub mod audit;
 pub mod config;
 pub mod datadir;
 pub mod deny;
 pub mod fsio;
+pub mod introspect;
 pub mod join_token;
 pub mod keyring;
 pub mod ledger;

@@ -23,6 +23,33 @@ pub const SIGNING_KEY_AGE: &str = "baton_signing_key_age_seconds";
 pub const POLICY_RULES: &str = "baton_policy_rules";
 /// Policy reloads. Label: `result` (`ok` | `refused`).
 pub const POLICY_RELOADS: &str = "baton_policy_reloads_total";
+/// Introspection requests. Labels: `result` (`active` | `inactive` | `unavailable` |
+/// `unauthenticated`), `reason` (`ok` when active, else why: `InactiveReason::reason`,
+/// or the attestation failure).
+pub const INTROSPECTIONS: &str = "baton_introspections_total";
+/// Access tokens consumed (their one use: an introspection by the audience).
+pub const TOKENS_CONSUMED: &str = "baton_tokens_consumed_total";
+/// One-time ids presented again. Label: `kind` (`access_token` | `client_assertion`).
+pub const REPLAY_ATTEMPTS: &str = "baton_replay_attempts_total";
+/// Revocation requests (RFC 7009). Label: `result` (`revoked` | `not_a_token` |
+/// `refused` | `unavailable` | `unauthenticated`).
+pub const REVOCATIONS: &str = "baton_revocations_total";
+/// Identities put on the deny list (`baton identities revoke`).
+pub const IDENTITIES_REVOKED: &str = "baton_identities_revoked_total";
+/// Identities on the deny list now.
+pub const DENIED_IDENTITIES: &str = "baton_denied_identities";
+/// Entries held by the in-memory replay ledger (consumed ids and revoked sessions,
+/// including expired ones not yet purged).
+pub const LEDGER_ENTRIES: &str = "baton_ledger_entries";
+/// Capacity of the in-memory replay ledger; at capacity, one-time use fails closed (503).
+pub const LEDGER_CAPACITY: &str = "baton_ledger_capacity";
+/// Admin-socket commands. Labels: `command`, `result` (`ok` | `error`).
+pub const ADMIN_COMMANDS: &str = "baton_admin_commands_total";
+
+/// Counts one replay attempt of `kind` (`access_token` | `client_assertion`).
+pub fn replay_attempt(kind: &'static str) {
+    metrics::counter!(REPLAY_ATTEMPTS, "kind" => kind).increment(1);
+}
 
 /// Latency buckets in seconds: mint and verify take tens of microseconds, a request
 /// with a cold attestation a few milliseconds.

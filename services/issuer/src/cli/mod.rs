@@ -1,7 +1,9 @@
 //! Command-line surface of `baton`. Each command parses its flags into typed values,
 //! calls the library, and prints a human summary or, with `--json`, data.
 
+mod admin;
 mod enroll;
+mod identities;
 mod init;
 mod policy;
 mod serve;
@@ -40,7 +42,9 @@ enum Command {
     /// Issue a workload certificate (X.509-SVID), or a join token for a function to
     /// fetch its first certificate itself.
     Enroll(enroll::EnrollArgs),
-    /// Check a token policy file (SPEC §6).
+    /// Workload identities: revoke one on the running issuer (deny list).
+    Identities(identities::IdentitiesArgs),
+    /// Check a token policy file, or reload the running issuer's policy (SPEC §6).
     Policy(policy::PolicyArgs),
     /// Run the issuer. On a fresh machine it first initializes a dev trust domain
     /// (example.org) in the data directory and listens on loopback only.
@@ -57,7 +61,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),
         Command::Enroll(args) => enroll::run(&ctx, args),
-        Command::Policy(args) => policy::run(args),
+        Command::Identities(args) => identities::run(&ctx, args),
+        Command::Policy(args) => policy::run(&ctx, args),
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Token(args) => token::run(args),
     }

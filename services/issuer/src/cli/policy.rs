@@ -1,14 +1,16 @@
-//! `baton policy check FILE [--trust-domain TD] [--json]`
+//! `baton policy check FILE [--trust-domain TD] [--json]` and `baton policy reload
+//! [--json]`.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use baton_issuer::admin::Request;
 use baton_issuer::policy::{Policy, PolicyError};
 use baton_proto::TrustDomain;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::print_json;
+use super::{Context, admin, print_json};
 
 #[derive(Debug, Args)]
 pub(super) struct PolicyArgs {
@@ -21,6 +23,16 @@ enum PolicyCommand {
     /// Validate a policy file without loading it into any issuer: exit 0 and a summary,
     /// or exit 1 and the first problem (rule number and field).
     Check(CheckArgs),
+    /// Make the running issuer reread its policy file, as SIGHUP does: a valid policy
+    /// is put in force; an invalid one is refused (exit 1) and the old one stays.
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReloadArgs {
+    /// Print the issuer's reply as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -36,10 +48,41 @@ struct CheckArgs {
     json: bool,
 }
 
-pub(super) fn run(args: PolicyArgs) -> anyhow::Result<()> {
+pub(super) fn run(ctx: &Context, args: PolicyArgs) -> anyhow::Result<()> {
     match args.command {
         PolicyCommand::Check(args) => check(&args),
+        PolicyCommand::Reload(args) => reload(ctx, &args),
     }
+}
+
+fn reload(ctx: &Context, args: &ReloadArgs) -> anyhow::Result<()> {
+    let request = Request::ReloadPolicy {};
+    let reply = admin::call(ctx, &request)?;
+    if args.json {
+        print_json(&reply.to_value())?;
+    }
+    if !reply.is_ok() {
+        return admin::refused(&request, &reply);
+    }
+    if !args.json {
+        let count = |key| {
+            reply
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        let file = reply
+            .get("file")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("the policy file");
+        println!(
+            "policy reloaded from {file}: {} rules ({} exact callers, {} prefix callers)",
+            count("rules"),
+            count("exact_callers"),
+            count("prefix_callers")
+        );
+    }
+    Ok(())
 }
 
 fn check(args: &CheckArgs) -> anyhow::Result<()> {

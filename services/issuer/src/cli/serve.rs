@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use baton_issuer::admin::{self, AdminOps, AdminSocket};
 use baton_issuer::attest::Attestor;
 use baton_issuer::config::Config;
-use baton_issuer::deny::DenyList;
+use baton_issuer::deny::DenyStore;
+use baton_issuer::introspect::Introspector;
 use baton_issuer::keyring::Keyring;
-use baton_issuer::ledger::MemoryLedger;
+use baton_issuer::ledger::{MemoryLedger, ReplayLedger};
 use baton_issuer::metrics as m;
 use baton_issuer::pki::{self, DEFAULT_CA_TTL};
 use baton_issuer::policy::{Policy, PolicyStore};
@@ -25,7 +27,9 @@ use super::{Context, now};
 
 /// Trust domain of the dev setup `serve` creates on a fresh machine.
 const DEV_TRUST_DOMAIN: &str = "example.org";
-/// Assertion `jti`s and (later) token `jti`s the in-memory ledger holds at most.
+/// Entries the in-memory ledger holds at most: consumed assertion and token `jti`s and
+/// revoked sessions, each kept until its expiry. About 45 bytes each, so the full
+/// ledger takes some 45 MiB (measured by `tests/ledger_memory.rs`).
 const LEDGER_CAPACITY: usize = 1_000_000;
 /// How long in-flight requests may finish after SIGTERM.
 const GRACE: Duration = Duration::from_secs(10);
@@ -71,6 +75,8 @@ pub(super) fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
+    // Before any metric is recorded: values set while no recorder is installed are lost.
+    let prometheus = m::handle();
     let fresh = !ctx.data_dir.exists();
     if fresh {
         let td = TrustDomain::new(DEV_TRUST_DOMAIN)?;
@@ -85,6 +91,9 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     }
     let store = ctx.data_dir.open(&ctx.kek)?;
     let mut config = load_config(ctx, &args)?;
+    // First, so a second issuer on the same data directory stops here, before it
+    // touches the keyring.
+    let admin_socket = AdminSocket::bind(ctx.data_dir.admin_socket_path())?;
 
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -105,23 +114,32 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
 
     let bundle = pki::pem_certificates(store.bundle_pem().as_bytes())
         .map_err(|e| anyhow::anyhow!("trust bundle: {e}"))?;
-    let ledger = Arc::new(MemoryLedger::new(LEDGER_CAPACITY, now().unix_timestamp()));
+    let deny = Arc::new(DenyStore::open(ctx.data_dir.deny_list_path())?);
+    metrics::gauge!(m::DENIED_IDENTITIES).set(deny.list().len() as f64);
+    // SPEC §7: the ledger starts empty, so it answers inactive for every token issued
+    // up to this second (see `wait_until_after` below).
+    let started_at = now().unix_timestamp();
+    let memory_ledger = Arc::new(MemoryLedger::new(LEDGER_CAPACITY, started_at));
+    metrics::gauge!(m::LEDGER_CAPACITY).set(LEDGER_CAPACITY as f64);
+    let ledger: Arc<dyn ReplayLedger> = memory_ledger.clone();
     let attestor = Attestor::new(
         bundle,
         td.clone(),
         vec![issuer.clone(), format!("{issuer}{TOKEN_PATH}")],
-        Arc::new(DenyList::new()),
-        ledger,
+        Arc::clone(deny.list()),
+        Arc::clone(&ledger),
     )?;
+    let introspector = Introspector::new(issuer.clone(), Arc::clone(deny.list()), ledger);
     let state = Arc::new(Issuer::new(
         issuer.clone(),
         keyring,
         attestor,
+        introspector,
         policy.clone(),
         config.token_ttl,
         RateLimiter::new(config.rate_limit, config.rate_burst),
         config.jwks_max_age,
-        m::handle(),
+        prometheus,
     ));
     let app = server::app(state.clone(), config.request_timeout);
 
@@ -129,12 +147,22 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     let tls = server::tls::server_config(ca, &dns_names, &ips, now())?;
     let handle = axum_server::Handle::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_path = admin_socket.path().to_owned();
+    let admin_task = tokio::spawn(admin_socket.serve(
+        Arc::new(AdminOps::new(deny, policy.clone(), td.clone())),
+        stop_rx.clone(),
+    ));
     let https = axum_server::from_tcp_rustls(
         listener,
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
     )?
     .handle(handle.clone())
     .serve(app.clone().into_make_service());
+
+    // Before either listener serves. Tokens carry whole-second `iat`s and introspection
+    // accepts only those after the ledger's start second: wait that second out, so this
+    // issuer never mints a token that is inactive from birth.
+    wait_until_after(started_at).await;
 
     let mut http_addr = None;
     let http = match config.http_listen {
@@ -164,6 +192,8 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         issuer = %issuer,
         trust_domain = %td,
         policy_rules = policy.current().summary().rules,
+        admin_socket = %admin_path.display(),
+        ledger_started_at = started_at,
         "listening"
     );
     if fresh || policy_path.is_none() {
@@ -172,22 +202,46 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
-    tokio::spawn(signals(handle.clone(), stop_tx, policy, state));
+    tokio::spawn(signals(
+        handle.clone(),
+        stop_tx,
+        policy,
+        state,
+        memory_ledger,
+    ));
     https.await.context("HTTPS listener failed")?;
     if let Some(http) = http {
         http.await?.context("HTTP listener failed")?;
     }
+    // SIGTERM already stopped the admin task; should the listeners have ended some
+    // other way, stop it here. Either way it removes its socket file as it ends.
+    admin_task.abort();
+    let _ = admin_task.await;
     info!("stopped");
     Ok(())
 }
 
+/// Sleeps until the wall clock reads a Unix second later than `second`.
+async fn wait_until_after(second: i64) {
+    loop {
+        let now = time::OffsetDateTime::now_utc();
+        if now.unix_timestamp() > second {
+            return;
+        }
+        let rest = 1_000_000_000u64.saturating_sub(u64::from(now.nanosecond()));
+        tokio::time::sleep(Duration::from_nanos(rest) + Duration::from_millis(1)).await;
+    }
+}
+
 /// SIGTERM / SIGINT: stop accepting, let in-flight requests finish. SIGHUP: reload
-/// the policy, keeping the old one if the new one is invalid.
+/// the policy, keeping the old one if the new one is invalid. Every minute: forget idle
+/// rate-limit state and expired ledger entries.
 async fn signals(
     handle: axum_server::Handle<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     policy: Arc<PolicyStore>,
     state: Arc<Issuer>,
+    ledger: Arc<MemoryLedger>,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -202,17 +256,16 @@ async fn signals(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match policy.reload() {
-                Ok(summary) => {
-                    metrics::counter!(m::POLICY_RELOADS, "result" => "ok").increment(1);
-                    metrics::gauge!(m::POLICY_RULES).set(summary.rules as f64);
-                }
-                Err(e) => {
-                    metrics::counter!(m::POLICY_RELOADS, "result" => "refused").increment(1);
-                    warn!(error = %e, "policy reload refused; the previous policy stays in force");
-                }
-            },
-            _ = housekeeping.tick() => state.housekeeping(),
+            _ = hup.recv() => {
+                // PolicyStore logs the outcome; a refused policy leaves the old one.
+                let policy = Arc::clone(&policy);
+                let _ = tokio::task::spawn_blocking(move || admin::reload_policy(&policy)).await;
+            }
+            _ = housekeeping.tick() => {
+                state.housekeeping();
+                ledger.purge_expired(now().unix_timestamp());
+                metrics::gauge!(m::LEDGER_ENTRIES).set(ledger.len() as f64);
+            }
         }
     }
     info!("shutting down");

@@ -89,6 +89,17 @@ impl ApiError {
         )
     }
 
+    /// 400 `unauthorized_client`: the caller authenticated but may not do this
+    /// (RFC 7009 §2.1: revoking a token neither issued to it nor addressed to it).
+    pub fn unauthorized_client(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UnauthorizedClient,
+            "unauthorized_client",
+            description,
+        )
+    }
+
     /// 413 for a body over the limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(

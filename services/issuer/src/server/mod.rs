@@ -1,10 +1,14 @@
 //! The issuer's HTTP API (SPEC §5). Handlers are thin: decode the form, call the
-//! concept (attestation, policy, minting), map the typed result to an RFC error.
+//! concept (attestation, policy, minting, introspection), map the typed result to an
+//! RFC error.
 
+mod client_auth;
 mod error;
 mod form;
+mod introspection;
 mod ops;
 mod ratelimit;
+mod revocation;
 pub mod tls;
 mod token;
 mod wellknown;
@@ -19,7 +23,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use baton_proto::metadata::{AuthorizationServerMetadata, JWKS_PATH, METADATA_PATH, TOKEN_PATH};
+use baton_proto::metadata::{
+    AuthorizationServerMetadata, INTROSPECT_PATH, JWKS_PATH, METADATA_PATH, REVOKE_PATH, TOKEN_PATH,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::timeout::TimeoutLayer;
 
@@ -27,6 +33,7 @@ pub use error::ApiError;
 pub use ratelimit::RateLimiter;
 
 use crate::attest::Attestor;
+use crate::introspect::Introspector;
 use crate::keyring::Keyring;
 use crate::metrics as m;
 use crate::policy::PolicyStore;
@@ -36,6 +43,8 @@ pub struct Issuer {
     issuer: String,
     keyring: Keyring,
     attestor: Attestor,
+    /// Shares the attestor's replay ledger and deny list.
+    introspector: Introspector,
     policy: Arc<PolicyStore>,
     token_ttl: Duration,
     limiter: RateLimiter,
@@ -48,12 +57,15 @@ pub struct Issuer {
 }
 
 impl Issuer {
-    /// Assembles the handler state.
+    /// Assembles the handler state. `introspector` must share `attestor`'s replay
+    /// ledger and deny list, so that assertions, tokens and revoked sessions live in
+    /// one store and a denied identity is refused everywhere.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         issuer: String,
         keyring: Keyring,
         attestor: Attestor,
+        introspector: Introspector,
         policy: Arc<PolicyStore>,
         token_ttl: Duration,
         limiter: RateLimiter,
@@ -76,6 +88,7 @@ impl Issuer {
             issuer,
             keyring,
             attestor,
+            introspector,
             policy,
             token_ttl,
             limiter,
@@ -88,6 +101,11 @@ impl Issuer {
     pub fn housekeeping(&self) {
         self.limiter.forget_idle();
     }
+}
+
+/// The current time in Unix seconds, the resolution of JWT times.
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 fn json_bytes<T: serde::Serialize>(value: &T) -> Bytes {
@@ -103,6 +121,8 @@ pub type AppState = Arc<Issuer>;
 pub fn app(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .route(TOKEN_PATH, post(token::token))
+        .route(INTROSPECT_PATH, post(introspection::introspect))
+        .route(REVOKE_PATH, post(revocation::revoke))
         .route(JWKS_PATH, get(wellknown::jwks))
         .route(METADATA_PATH, get(wellknown::metadata))
         .route("/healthz", get(ops::healthz))
@@ -125,6 +145,8 @@ async fn record_request(req: Request, next: Next) -> Response {
         .map_or("unmatched", |p| match p.as_str() {
             // Static strings keep label values bounded whatever the path.
             TOKEN_PATH => TOKEN_PATH,
+            INTROSPECT_PATH => INTROSPECT_PATH,
+            REVOKE_PATH => REVOKE_PATH,
             JWKS_PATH => JWKS_PATH,
             METADATA_PATH => METADATA_PATH,
             "/healthz" => "/healthz",
@@ -138,4 +160,102 @@ async fn record_request(req: Request, next: Next) -> Response {
     metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => response.status().as_str().to_owned())
         .increment(1);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deny::DenyList;
+    use crate::ledger::{MemoryLedger, ReplayLedger};
+    use crate::policy::Policy;
+    use axum::body::Body;
+    use axum::http::{Request as HttpRequest, header};
+    use baton_proto::claims::JwsAlgorithm;
+    use tower::ServiceExt as _;
+
+    const ISSUER: &str = "https://baton.example.org";
+
+    /// The router over a fresh data directory, with a ledger of `capacity` entries.
+    fn router(capacity: usize) -> (tempfile::TempDir, Router) {
+        let (tmp, store, keyring) = crate::keyring::tests::keyring(JwsAlgorithm::Es256);
+        let td = store.ca().trust_domain().clone();
+        let deny = Arc::new(DenyList::new());
+        let ledger: Arc<dyn ReplayLedger> = Arc::new(MemoryLedger::new(capacity, 0));
+        let attestor = Attestor::new(
+            vec![store.ca().cert_der().to_vec()],
+            td.clone(),
+            vec![ISSUER.to_owned()],
+            Arc::clone(&deny),
+            Arc::clone(&ledger),
+        )
+        .unwrap();
+        let state = Arc::new(Issuer::new(
+            ISSUER.to_owned(),
+            keyring,
+            attestor,
+            Introspector::new(ISSUER.to_owned(), deny, ledger),
+            Arc::new(PolicyStore::new(Policy::deny_all(), None, Some(td))),
+            Duration::from_secs(60),
+            RateLimiter::new(10, 10),
+            Duration::from_secs(60),
+            m::handle(),
+        ));
+        (tmp, app(state, Duration::from_secs(5)))
+    }
+
+    async fn send(router: &Router, req: HttpRequest<Body>) -> (StatusCode, String, String) {
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let cache = resp
+            .headers()
+            .get(header::CACHE_CONTROL)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap(), cache)
+    }
+
+    fn form(path: &str, body: &str) -> HttpRequest<Body> {
+        HttpRequest::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_while_the_ledger_is_full() {
+        let get = || HttpRequest::get("/readyz").body(Body::empty()).unwrap();
+        let (_tmp, full) = router(0);
+        let (status, body, _) = send(&full, get()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("replay ledger is full"), "{body}");
+        let (_tmp, roomy) = router(10);
+        assert_eq!(send(&roomy, get()).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn introspection_and_revocation_require_client_authentication() {
+        let (_tmp, router) = router(10);
+        for path in [INTROSPECT_PATH, REVOKE_PATH] {
+            let (status, body, cache) = send(&router, form(path, "token=a.b.c")).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+            assert!(body.contains("invalid_client"), "{path}: {body}");
+            assert_eq!(cache, "no-store");
+
+            // RFC 7521 §4.2: an assertion without its type is malformed, not anonymous.
+            let (status, body, _) =
+                send(&router, form(path, "token=a.b.c&client_assertion=x")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert!(body.contains("invalid_request"), "{path}: {body}");
+
+            let (status, body, _) = send(&router, form(path, "token_type_hint=x")).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{path}: missing token: {body}"
+            );
+        }
+    }
 }

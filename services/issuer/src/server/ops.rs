@@ -13,9 +13,17 @@ pub(super) async fn healthz() -> impl IntoResponse {
 }
 
 /// `GET /readyz`: keys loaded and the store reachable. The embedded store lives in
-/// this process, so it is reachable whenever the process answers.
+/// this process, so it is reachable whenever the process answers; it is not ready when
+/// its replay ledger is full of live entries, since every one-time use then fails
+/// closed (503) until some expire.
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let _ = state.keyring.active();
+    if !state.introspector.ready(super::unix_now()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the replay ledger is full of unexpired entries\n",
+        );
+    }
     (StatusCode::OK, "ready\n")
 }
 

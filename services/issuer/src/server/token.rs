@@ -14,10 +14,11 @@ use baton_proto::claims::{GRANT_TYPE_CLIENT_CREDENTIALS, MAX_BATCH_COUNT, Scope}
 use baton_proto::requests::TokenRequest;
 use baton_proto::responses::TokenResponse;
 
-use super::AppState;
+use super::client_auth::attest;
 use super::error::ApiError;
 use super::form::ApiForm;
-use crate::attest::{AttestError, Attested, AuthMethod};
+use super::{AppState, unix_now};
+use crate::attest::AuthMethod;
 use crate::mint::{self, TokenSpec};
 use crate::{audit, metrics as m};
 
@@ -74,7 +75,7 @@ fn issue(
     }
 
     let now = unix_now();
-    let caller = attest(state, peer_chain, req, now).map_err(refuse)?;
+    let caller = attest(state, peer_chain, req.client_assertion(), now).map_err(refuse)?;
     let with_caller = |e: ApiError| (Some(caller.id.clone()), e);
 
     state
@@ -127,39 +128,4 @@ fn issue(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(response)
-}
-
-/// RFC 6749 §2.3: a client uses one authentication method per request.
-fn attest(
-    state: &AppState,
-    peer_chain: Option<&[Vec<u8>]>,
-    req: &TokenRequest,
-    now: i64,
-) -> Result<Attested, ApiError> {
-    let assertion = req
-        .client_assertion()
-        .map_err(|e| ApiError::invalid_request(e.to_string()))?;
-    let peer_chain = peer_chain.filter(|c| !c.is_empty());
-    let (result, method) = match (assertion, peer_chain) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid_request(
-                "use one client authentication method: a client certificate or a client_assertion, not both",
-            ));
-        }
-        (Some(assertion), None) => (
-            state.attestor.attest_assertion(assertion.jws(), now),
-            AuthMethod::PrivateKeyJwt,
-        ),
-        (None, Some(chain)) => (state.attestor.attest_mtls(chain, now), AuthMethod::Mtls),
-        (None, None) => return Err(ApiError::no_client_authentication()),
-    };
-    result.map_err(|e: AttestError| {
-        metrics::counter!(m::ATTESTATION_FAILURES, "method" => method.as_str(), "reason" => e.reason())
-            .increment(1);
-        ApiError::from(e)
-    })
-}
-
-fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
