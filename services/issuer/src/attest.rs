@@ -17,14 +17,13 @@
 //! checked outside the cache on every call: the time against the chain's validity, and
 //! the deny list.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use baton_proto::claims::{
-    AssertionClaims, JoseHeader, JwsAlgorithm, MAX_ASSERTION_LIFETIME_SECS, MAX_CLOCK_LEEWAY_SECS,
+    AssertionClaims, JwsAlgorithm, MAX_ASSERTION_LIFETIME_SECS, MAX_CLOCK_LEEWAY_SECS,
 };
 use baton_proto::{SpiffeId, SpiffeIdError, TrustDomain};
 use moka::sync::Cache;
@@ -39,6 +38,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::deny::DenyList;
+use crate::jws::{self, CompactJws, JwsError};
 use crate::ledger::{LedgerError, ReplayLedger};
 
 /// Largest client assertion accepted, in bytes. Larger than an access token's 8 KiB
@@ -361,27 +361,24 @@ impl Attestor {
     /// Attests a caller from a `private_key_jwt` client assertion (RFC 7523 §3, SPEC §3)
     /// and consumes its `jti`: the same assertion is accepted once.
     pub fn attest_assertion(&self, jws: &str, now: i64) -> Result<Attested, AttestError> {
-        // Shape: bounded before anything is decoded.
-        if jws.len() > MAX_ASSERTION_BYTES {
-            return Err(AttestError::AssertionTooLarge);
-        }
-        let mut segments = jws.split('.');
-        let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) = (
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-        ) else {
-            return Err(AttestError::MalformedAssertion(
-                "a compact JWS has exactly three base64url segments (RFC 7515 §7.1)",
-            ));
-        };
-        let header = parse_header(&b64url(header_b64, "the header is not base64url")?)?;
-        let signature = b64url(signature_b64, "the signature is not base64url")?;
+        let jws = CompactJws::parse(jws, MAX_ASSERTION_BYTES)?;
+        let header = &jws.header;
+        let signature = jws.signature()?;
 
         // The header is attacker-controlled: it only says which chain to check, and the
         // algorithm it names must agree with the key that chain certifies.
-        check_typ(header.typ.as_deref())?;
+        // RFC 8725 §3.11 (explicit typing): no `typ`, `JWT`, or the RFC 7523bis
+        // `client-authentication+jwt`, so an access token (`at+jwt`) is never taken
+        // for a client assertion.
+        if header
+            .typ
+            .as_deref()
+            .is_some_and(|t| !jws::typ_is(t, &["JWT", "client-authentication+jwt"]))
+        {
+            return Err(AttestError::MalformedAssertion(
+                "typ must be JWT or client-authentication+jwt",
+            ));
+        }
         let x5c = header
             .x5c
             .as_deref()
@@ -411,17 +408,15 @@ impl Attestor {
             JwsAlgorithm::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
             JwsAlgorithm::EdDsa => &signature::ED25519,
         };
-        // RFC 7515 §5.2: the signing input is the encoded header and payload as sent.
-        let signing_input = &jws[..header_b64.len() + 1 + claims_b64.len()];
         UnparsedPublicKey::new(algorithm, &key.public_key)
-            .verify(signing_input.as_bytes(), &signature)
+            .verify(jws.signing_input.as_bytes(), &signature)
             .map_err(|_| AttestError::BadSignature)?;
 
         // Checked after the signature: anyone holding the (public) certificate could
         // otherwise probe whether its owner is denied.
         self.check_not_denied(&verdict.id)?;
 
-        let claims = parse_claims(&b64url(claims_b64, "the claims are not base64url")?)?;
+        let claims = parse_claims(&jws.payload()?)?;
         self.check_claims(&claims, &verdict.id, now)?;
 
         // Last, so an assertion that fails any check above leaves its jti unused. The
@@ -664,56 +659,19 @@ fn leaf_key(spki: &SubjectPublicKeyInfo<'_>) -> Option<LeafKey> {
     }
 }
 
-fn b64url(segment: &str, what: &'static str) -> Result<Vec<u8>, AttestError> {
-    // RFC 7515 §2: base64url without padding; the engine also refuses non-canonical
-    // trailing bits, so each assertion has exactly one encoding.
-    URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| AttestError::MalformedAssertion(what))
-}
-
-fn parse_header(json: &[u8]) -> Result<JoseHeader, AttestError> {
-    serde_json::from_slice::<JoseHeader>(json).map_err(|_| {
-        // Only on failure: tell an unsupported algorithm (`none`, HS256, …) from a
-        // broken header, for the operator's metrics.
-        #[derive(Deserialize)]
-        struct Probe<'a> {
-            #[serde(borrow, default)]
-            alg: Option<Cow<'a, str>>,
-            #[serde(default)]
-            crit: Option<serde::de::IgnoredAny>,
-        }
-        match serde_json::from_slice::<Probe<'_>>(json) {
-            Ok(Probe { crit: Some(_), .. }) => AttestError::MalformedAssertion(
-                "the header lists critical extensions (crit), which Baton does not support (RFC 7515 §4.1.11)",
+impl From<JwsError> for AttestError {
+    fn from(e: JwsError) -> Self {
+        match e {
+            JwsError::TooLarge => Self::AssertionTooLarge,
+            JwsError::UnsupportedAlgorithm => Self::UnsupportedAlgorithm,
+            JwsError::Segments => Self::MalformedAssertion(
+                "a compact JWS has exactly three base64url segments (RFC 7515 §7.1)",
             ),
-            Ok(Probe { alg: Some(alg), .. }) if !matches!(alg.as_ref(), "ES256" | "EdDSA") => {
-                AttestError::UnsupportedAlgorithm
-            }
-            _ => AttestError::MalformedAssertion(
-                "the header is not a JSON object with alg and x5c",
+            JwsError::Encoding(what) => Self::MalformedAssertion(what),
+            JwsError::Header => Self::MalformedAssertion(
+                "the header must be a JSON object with alg and x5c, and no crit (RFC 7515 §4.1.11)",
             ),
         }
-    })
-}
-
-/// RFC 8725 §3.11 (explicit typing): accept no `typ`, `JWT`, or the RFC 7523bis
-/// `client-authentication+jwt`, so an access token (`at+jwt`) is never taken for a
-/// client assertion. RFC 7515 §4.1.9: `application/` may be omitted, case-insensitive.
-fn check_typ(typ: Option<&str>) -> Result<(), AttestError> {
-    let Some(typ) = typ else {
-        return Ok(());
-    };
-    let bare = match typ.get(..12) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
-        _ => typ,
-    };
-    if bare.eq_ignore_ascii_case("JWT") || bare.eq_ignore_ascii_case("client-authentication+jwt") {
-        Ok(())
-    } else {
-        Err(AttestError::MalformedAssertion(
-            "typ must be JWT or client-authentication+jwt",
-        ))
     }
 }
 

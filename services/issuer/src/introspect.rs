@@ -13,20 +13,18 @@
 //! Every failure is one [`InactiveReason`]; the HTTP layer answers all of them with the
 //! same `{"active":false}` and keeps the reason for metrics and the audit log.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use baton_proto::SpiffeId;
 use baton_proto::claims::{
-    AccessTokenClaims, Confirmation, JoseHeader, MAX_CLOCK_LEEWAY_SECS, MAX_TOKEN_BYTES,
-    MAX_TOKEN_TTL_SECS, TOKEN_TYP,
+    AccessTokenClaims, Confirmation, MAX_CLOCK_LEEWAY_SECS, MAX_TOKEN_BYTES, MAX_TOKEN_TTL_SECS,
+    TOKEN_TYP,
 };
 use serde::Deserialize;
 
 use crate::attest::MAX_JTI_BYTES;
 use crate::deny::DenyList;
+use crate::jws::{self, CompactJws, JwsError};
 use crate::keyring::Keyring;
 use crate::ledger::{LedgerError, ReplayLedger};
 
@@ -239,23 +237,13 @@ impl Introspector {
         token: &str,
         now: i64,
     ) -> Result<AccessTokenClaims, InactiveReason> {
-        // Shape: bounded before anything is decoded.
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(InactiveReason::TooLarge);
-        }
-        let mut segments = token.split('.');
-        let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) = (
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-        ) else {
-            return Err(InactiveReason::Malformed(
-                "a compact JWS has exactly three base64url segments",
-            ));
-        };
-        let header = parse_header(&b64url(header_b64, "the header is not base64url")?)?;
-        if !is_access_token_typ(header.typ.as_deref()) {
+        let jws = CompactJws::parse(token, MAX_TOKEN_BYTES)?;
+        let header = &jws.header;
+        if !header
+            .typ
+            .as_deref()
+            .is_some_and(|t| jws::typ_is(t, &[TOKEN_TYP]))
+        {
             return Err(InactiveReason::WrongType);
         }
         // kid is attacker-controlled: it only selects among the keyring's own keys,
@@ -265,18 +253,11 @@ impl Introspector {
         if header.alg != key.alg() {
             return Err(InactiveReason::AlgorithmMismatch);
         }
-        let signature = b64url(signature_b64, "the signature is not base64url")?;
-        // RFC 7515 §5.2: the signing input is the encoded header and payload as sent.
-        let signing_input = &token[..header_b64.len() + 1 + claims_b64.len()];
-        if !key.verify(signing_input.as_bytes(), &signature) {
+        if !key.verify(jws.signing_input.as_bytes(), &jws.signature()?) {
             return Err(InactiveReason::BadSignature);
         }
 
-        let raw: RawClaims = serde_json::from_slice(&b64url(
-            claims_b64,
-            "the claims are not base64url",
-        )?)
-        .map_err(|_| {
+        let raw: RawClaims = serde_json::from_slice(&jws.payload()?).map_err(|_| {
             InactiveReason::Malformed("the claims are not those of a Baton access token (RFC 9068)")
         })?;
         if raw.iss != self.issuer {
@@ -417,41 +398,18 @@ fn check_times(iat: i64, nbf: i64, exp: i64, now: i64) -> Result<(), InactiveRea
 /// RFC 9068 §2.1 and RFC 8725 §3.11: `at+jwt`, optionally with the `application/`
 /// prefix, compared case-insensitively (RFC 7515 §4.1.9). A missing `typ` is refused,
 /// so no other kind of JWT signed by a Baton key passes as an access token.
-fn is_access_token_typ(typ: Option<&str>) -> bool {
-    let Some(typ) = typ else {
-        return false;
-    };
-    let bare = match typ.get(..12) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
-        _ => typ,
-    };
-    bare.eq_ignore_ascii_case(TOKEN_TYP)
-}
-
-fn b64url(segment: &str, what: &'static str) -> Result<Vec<u8>, InactiveReason> {
-    // RFC 7515 §2: base64url without padding; the engine refuses non-canonical
-    // trailing bits, so a token has exactly one encoding.
-    URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| InactiveReason::Malformed(what))
-}
-
-fn parse_header(json: &[u8]) -> Result<JoseHeader, InactiveReason> {
-    serde_json::from_slice::<JoseHeader>(json).map_err(|_| {
-        // Only on failure: tell an unsupported algorithm (`none`, HS256, …) from a
-        // broken header, for the operator's metrics.
-        #[derive(Deserialize)]
-        struct Probe<'a> {
-            #[serde(borrow, default)]
-            alg: Option<Cow<'a, str>>,
-        }
-        match serde_json::from_slice::<Probe<'_>>(json) {
-            Ok(Probe { alg: Some(alg) }) if !matches!(alg.as_ref(), "ES256" | "EdDSA") => {
-                InactiveReason::UnsupportedAlgorithm
+impl From<JwsError> for InactiveReason {
+    fn from(e: JwsError) -> Self {
+        match e {
+            JwsError::TooLarge => Self::TooLarge,
+            JwsError::UnsupportedAlgorithm => Self::UnsupportedAlgorithm,
+            JwsError::Segments => {
+                Self::Malformed("a compact JWS has exactly three base64url segments")
             }
-            _ => InactiveReason::Malformed("the header is not a JOSE header Baton accepts"),
+            JwsError::Encoding(what) => Self::Malformed(what),
+            JwsError::Header => Self::Malformed("the header is not a JOSE header Baton accepts"),
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -461,6 +419,8 @@ mod tests {
     use crate::keyring::tests::keyring;
     use crate::ledger::MemoryLedger;
     use crate::mint::{self, TokenSpec};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use baton_proto::claims::JwsAlgorithm;
     use serde_json::{Value, json};
     use std::time::Duration;

@@ -12,6 +12,7 @@ pub mod deny;
 pub mod fsio;
 pub mod introspect;
 pub mod join_token;
+mod jws;
 pub mod keyring;
 pub mod ledger;
 pub mod metrics;
