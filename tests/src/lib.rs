@@ -77,6 +77,32 @@ impl Sandbox {
         self.dir.path().join("baton-data")
     }
 
+    /// A sandbox with trust domain `example.org` initialized, each `(id, dir, key_type)`
+    /// enrolled into `dir` (key type `ec-p256` or `ed25519`), and `policy` written to
+    /// `policy.toml`: the common start of every end-to-end test.
+    pub fn with_workloads(workloads: &[(&str, &str, &str)], policy: &str) -> Self {
+        let sb = Self::new();
+        sb.baton(&["init", "--trust-domain", "example.org"]).ok();
+        for (id, dir, key_type) in workloads {
+            sb.baton(&["enroll", "--id", id, "--out", dir, "--key-type", key_type])
+                .ok();
+        }
+        std::fs::write(sb.path().join("policy.toml"), policy)
+            .unwrap_or_else(|e| panic!("cannot write policy.toml: {e}"));
+        sb
+    }
+
+    /// A file of the sandbox, as text.
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path().join(rel))
+            .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+    }
+
+    /// The trust bundle of the sandbox's data directory.
+    pub fn bundle(&self) -> String {
+        self.read("baton-data/bundle.pem")
+    }
+
     /// `baton --data-dir <sandbox> <args>` with no inherited `BATON_*` settings.
     pub fn baton(&self, args: &[&str]) -> Run {
         self.baton_with_env(args, &[])
@@ -124,6 +150,8 @@ pub struct Server {
     pub addr: std::net::SocketAddr,
     /// The plain-HTTP listener's address, when `--http-listen` was given.
     pub http_addr: Option<std::net::SocketAddr>,
+    /// The issuer identifier (`iss`) it announced.
+    pub issuer: String,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -172,7 +200,8 @@ impl Server {
                             .get("http_addr")
                             .and_then(|a| a.as_str())
                             .map(str::to_owned);
-                        Some((https, http))
+                        let issuer = v.get("issuer")?.as_str()?.to_owned();
+                        Some((https, http, issuer))
                     });
                 if let Ok(mut l) = sink.lock() {
                     l.push(line);
@@ -182,11 +211,12 @@ impl Server {
                 }
             }
         });
-        let (addr, http_addr) = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
-            Ok((addr, http)) => (
+        let (addr, http_addr, issuer) = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok((addr, http, issuer)) => (
                 addr.parse()
                     .unwrap_or_else(|e| panic!("bad address {addr}: {e}")),
                 http.and_then(|h| h.parse().ok()),
+                issuer,
             ),
             Err(_) => {
                 let _ = child.kill();
@@ -198,6 +228,7 @@ impl Server {
             child,
             addr,
             http_addr,
+            issuer,
             log,
         }
     }

@@ -39,18 +39,16 @@ struct World {
 
 impl World {
     fn start() -> World {
-        let sb = Sandbox::new();
-        sb.baton(&["init", "--trust-domain", "example.org"]).ok();
-        for (id, dir) in [
-            (ORDERS, "orders"),
-            (PAYMENTS, "payments"),
-            (LEDGER, "ledger"),
-        ] {
-            sb.baton(&["enroll", "--id", id, "--out", dir]).ok();
-        }
-        fs::write(sb.path().join("policy.toml"), POLICY).unwrap();
+        let sb = Sandbox::with_workloads(
+            &[
+                (ORDERS, "orders", "ec-p256"),
+                (PAYMENTS, "payments", "ec-p256"),
+                (LEDGER, "ledger", "ec-p256"),
+            ],
+            POLICY,
+        );
         let server = start_server(&sb);
-        let bundle = fs::read_to_string(sb.data_dir().join("bundle.pem")).unwrap();
+        let bundle = sb.bundle();
         let plain = https_client(&bundle, None);
         World {
             sb,
@@ -68,7 +66,7 @@ impl World {
     }
 
     fn read(&self, rel: &str) -> String {
-        fs::read_to_string(self.sb.path().join(rel)).unwrap()
+        self.sb.read(rel)
     }
 
     /// A client presenting the workload certificate in `dir` over mTLS.

@@ -48,35 +48,19 @@ impl World {
     }
 
     async fn start_with(extra: &[&str], env: &[(&str, &str)]) -> World {
-        let sb = Sandbox::new();
-        sb.baton(&["init", "--trust-domain", "example.org"]).ok();
-        sb.baton(&["enroll", "--id", ORDERS, "--out", "orders"])
-            .ok();
-        sb.baton(&[
-            "enroll",
-            "--id",
-            INVOICES,
-            "--out",
-            "invoices",
-            "--key-type",
-            "ed25519",
-        ])
-        .ok();
-        fs::write(sb.path().join("policy.toml"), POLICY).unwrap();
+        let sb = Sandbox::with_workloads(
+            &[
+                (ORDERS, "orders", "ec-p256"),
+                (INVOICES, "invoices", "ed25519"),
+            ],
+            POLICY,
+        );
         let mut args = vec!["--policy", "policy.toml"];
         args.extend_from_slice(extra);
         let server = Server::start_with_env(&sb, &args, env);
-        let bundle = fs::read_to_string(sb.data_dir().join("bundle.pem")).unwrap();
+        let bundle = sb.bundle();
         let client = https_client(&bundle, None);
-        let meta: Value = client
-            .get(server.url("/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let issuer = meta["issuer"].as_str().unwrap().to_owned();
+        let issuer = server.issuer.clone();
         World {
             sb,
             server,
@@ -87,7 +71,7 @@ impl World {
     }
 
     fn read(&self, rel: &str) -> String {
-        fs::read_to_string(self.sb.path().join(rel)).unwrap()
+        self.sb.read(rel)
     }
 
     /// A client presenting the workload certificate in `dir` over mTLS.

@@ -56,34 +56,18 @@ impl World {
     /// A trust domain with three enrolled workloads (orders and short: P-256; invoices:
     /// Ed25519), the policy above, and the issuer running.
     async fn start() -> World {
-        let sb = Sandbox::new();
-        sb.baton(&["init", "--trust-domain", "example.org"]).ok();
-        sb.baton(&["enroll", "--id", ORDERS, "--out", "orders"])
-            .ok();
-        sb.baton(&["enroll", "--id", SHORT, "--out", "short"]).ok();
-        sb.baton(&[
-            "enroll",
-            "--id",
-            INVOICES,
-            "--out",
-            "invoices",
-            "--key-type",
-            "ed25519",
-        ])
-        .ok();
-        fs::write(sb.path().join("policy.toml"), POLICY).unwrap();
+        let sb = Sandbox::with_workloads(
+            &[
+                (ORDERS, "orders", "ec-p256"),
+                (SHORT, "short", "ec-p256"),
+                (INVOICES, "invoices", "ed25519"),
+            ],
+            POLICY,
+        );
         let server = Server::start(&sb, &["--policy", "policy.toml"]);
-        let bundle = fs::read_to_string(sb.data_dir().join("bundle.pem")).unwrap();
+        let bundle = sb.bundle();
         let plain = https_client(&bundle, None);
-        let meta: Value = plain
-            .get(server.url("/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let issuer = meta["issuer"].as_str().unwrap().to_owned();
+        let issuer = server.issuer.clone();
         let jwks: JwkSet = plain
             .get(server.url("/.well-known/jwks.json"))
             .send()

@@ -33,23 +33,11 @@ struct World {
 }
 
 impl World {
-    async fn start() -> World {
-        let sb = Sandbox::new();
-        sb.baton(&["init", "--trust-domain", "example.org"]).ok();
-        sb.baton(&["enroll", "--id", ORDERS, "--out", "orders"])
-            .ok();
-        fs::write(sb.path().join("policy.toml"), POLICY).unwrap();
+    fn start() -> World {
+        let sb = Sandbox::with_workloads(&[(ORDERS, "orders", "ec-p256")], POLICY);
         let server = Server::start(&sb, &["--policy", "policy.toml"]);
-        let bundle = fs::read_to_string(sb.data_dir().join("bundle.pem")).unwrap();
-        let meta: Value = https_client(&bundle, None)
-            .get(server.url("/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let issuer = meta["issuer"].as_str().unwrap().to_owned();
+        let bundle = sb.bundle();
+        let issuer = server.issuer.clone();
         World {
             sb,
             server,
@@ -81,7 +69,7 @@ fn id(s: &str) -> SpiffeId {
 
 #[tokio::test]
 async fn verifier_fetching_from_the_issuer_accepts_a_token_once_for_its_own_audience() {
-    let w = World::start().await;
+    let w = World::start();
     let payments = Verifier::builder(w.issuer.as_str(), id(PAYMENTS), w.bundle.as_bytes())
         .unwrap()
         .build_fetching()
@@ -144,7 +132,7 @@ fn example(name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn payments_and_orders_examples_run_end_to_end() {
-    let w = World::start().await;
+    let w = World::start();
     let mut payments = Command::new(example("payments"))
         .args([&w.issuer, &w.path("baton-data/bundle.pem"), "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -188,7 +176,7 @@ async fn payments_and_orders_examples_run_end_to_end() {
 
 #[tokio::test]
 async fn token_cli_mints_verifies_and_inspects() {
-    let w = World::start().await;
+    let w = World::start();
     let run = |args: &[&str]| {
         let out = Command::new(baton_bin())
             .args(args)
