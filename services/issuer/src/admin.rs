@@ -27,6 +27,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::deny::DenyStore;
+use crate::lifecycle::KeyLifecycle;
 use crate::metrics as m;
 use crate::policy::{PolicyError, PolicyStore, PolicySummary};
 
@@ -65,6 +66,22 @@ pub enum Request {
     /// `policy.reload`: reread the policy file, as SIGHUP does.
     #[serde(rename = "policy.reload")]
     ReloadPolicy {},
+    /// `keys.list`: every signing key with its state and times.
+    #[serde(rename = "keys.list")]
+    ListKeys {},
+    /// `keys.rotate`: promote `next`, retire `active`, create a new `next`; answered
+    /// once persisted.
+    #[serde(rename = "keys.rotate")]
+    RotateKeys {},
+    /// `keys.revoke`: withdraw a key at once (emergency). The active key needs `force`.
+    #[serde(rename = "keys.revoke")]
+    RevokeKey {
+        /// The key.
+        kid: String,
+        /// Allow revoking the active key (the next one is promoted at once).
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 impl Request {
@@ -73,6 +90,9 @@ impl Request {
         match self {
             Self::RevokeIdentity { .. } => "identities.revoke",
             Self::ReloadPolicy {} => "policy.reload",
+            Self::ListKeys {} => "keys.list",
+            Self::RotateKeys {} => "keys.rotate",
+            Self::RevokeKey { .. } => "keys.revoke",
         }
     }
 }
@@ -157,6 +177,7 @@ pub struct AdminOps {
     deny: Arc<DenyStore>,
     policy: Arc<PolicyStore>,
     trust_domain: TrustDomain,
+    keys: Option<Arc<KeyLifecycle>>,
 }
 
 impl AdminOps {
@@ -166,7 +187,14 @@ impl AdminOps {
             deny,
             policy,
             trust_domain,
+            keys: None,
         }
+    }
+
+    /// Also serves the `keys.*` commands over this key lifecycle.
+    pub fn with_keys(mut self, keys: Arc<KeyLifecycle>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// Runs one command.
@@ -175,6 +203,9 @@ impl AdminOps {
         let reply = match request {
             Request::RevokeIdentity { id } => self.revoke_identity(&id).await,
             Request::ReloadPolicy {} => self.reload_policy().await,
+            Request::ListKeys {} => self.list_keys(),
+            Request::RotateKeys {} => self.rotate_keys().await,
+            Request::RevokeKey { kid, force } => self.revoke_key(kid, force).await,
         };
         let result = if reply.is_ok() { "ok" } else { "error" };
         metrics::counter!(m::ADMIN_COMMANDS, "command" => name, "result" => result).increment(1);
@@ -213,6 +244,73 @@ impl AdminOps {
                     "denied_identities": count,
                 }))
             }
+            Ok(Err(e)) => Reply::error(one_line(&e)),
+            Err(_) => Reply::error("internal error while revoking; see the issuer's log"),
+        }
+    }
+
+    fn lifecycle(&self) -> Result<Arc<KeyLifecycle>, Reply> {
+        self.keys
+            .clone()
+            .ok_or_else(|| Reply::error("this issuer does not manage signing keys"))
+    }
+
+    fn list_keys(&self) -> Reply {
+        let keys = match self.lifecycle() {
+            Ok(keys) => keys,
+            Err(reply) => return reply,
+        };
+        let unix = |t: Option<time::OffsetDateTime>| t.map(time::OffsetDateTime::unix_timestamp);
+        let keys: Vec<Value> = keys
+            .list()
+            .into_iter()
+            .map(|k| {
+                json!({
+                    "kid": k.kid,
+                    "state": k.state,
+                    "alg": k.alg,
+                    "created_at": k.created_at.unix_timestamp(),
+                    "activated_at": unix(k.activated_at),
+                    "retires_at": unix(k.retires_at),
+                })
+            })
+            .collect();
+        Reply::ok(json!({ "keys": keys }))
+    }
+
+    async fn rotate_keys(&self) -> Reply {
+        let keys = match self.lifecycle() {
+            Ok(keys) => keys,
+            Err(reply) => return reply,
+        };
+        let task = Arc::clone(&keys);
+        match tokio::task::spawn_blocking(move || task.rotate(time::OffsetDateTime::now_utc()))
+            .await
+        {
+            Ok(Ok(())) => {
+                metrics::counter!(m::KEY_ROTATIONS, "trigger" => "command").increment(1);
+                self.list_keys()
+            }
+            Ok(Err(e)) => Reply::error(format!(
+                "rotation refused; the keys in force stay: {}",
+                one_line(&e)
+            )),
+            Err(_) => Reply::error("internal error while rotating; see the issuer's log"),
+        }
+    }
+
+    async fn revoke_key(&self, kid: String, force: bool) -> Reply {
+        let keys = match self.lifecycle() {
+            Ok(keys) => keys,
+            Err(reply) => return reply,
+        };
+        let task = Arc::clone(&keys);
+        match tokio::task::spawn_blocking(move || {
+            task.revoke(&kid, force, time::OffsetDateTime::now_utc())
+        })
+        .await
+        {
+            Ok(Ok(())) => self.list_keys(),
             Ok(Err(e)) => Reply::error(one_line(&e)),
             Err(_) => Reply::error("internal error while revoking; see the issuer's log"),
         }

@@ -24,6 +24,7 @@ const ENV_KEYS: &[&str] = &[
     "rate_burst",
     "request_timeout",
     "jwks_max_age",
+    "rotation_period",
 ];
 
 /// Why a configuration was refused. Each names the offending key.
@@ -83,6 +84,32 @@ pub struct Config {
     /// `Cache-Control: max-age` of the JWKS; verifiers refresh keys within it.
     #[serde(default = "default_jwks_max_age", deserialize_with = "duration")]
     pub jwks_max_age: Duration,
+    /// How long a key stays active before the issuer rotates by itself (`"off"`: only
+    /// `baton keys rotate`). At most [`MAX_ROTATION_PERIOD`], so that a key's 90-day
+    /// certificate outlives its time as `next` and `active` plus its last tokens.
+    #[serde(default = "default_rotation_period", deserialize_with = "period")]
+    pub rotation_period: Option<Duration>,
+}
+
+/// Longest `rotation_period`: a key is `next` for one period and `active` for the
+/// next, and its certificate (`keyring::SIGNING_CERT_TTL`, 90 days) must cover both
+/// with room to spare.
+pub const MAX_ROTATION_PERIOD: Duration = Duration::from_secs(40 * 24 * 3600);
+
+fn default_rotation_period() -> Option<Duration> {
+    Some(Duration::from_secs(30 * 24 * 3600))
+}
+
+fn period<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "off" {
+        return Ok(None);
+    }
+    humantime::parse_duration(&s).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is neither \"off\" nor a duration like \"30days\" ({e})"
+        ))
+    })
 }
 
 fn default_store() -> String {
@@ -173,6 +200,7 @@ impl Default for Config {
             rate_burst: default_rate_burst(),
             request_timeout: default_request_timeout(),
             jwks_max_age: default_jwks_max_age(),
+            rotation_period: default_rotation_period(),
         }
     }
 }
@@ -249,6 +277,20 @@ impl Config {
                 problem: "must be between 1s and 24h".to_owned(),
             });
         }
+        if let Some(period) = self.rotation_period {
+            // The `next` key must have been published for a whole JWKS max-age before it
+            // signs, or a verifier with a fresh cache would not know it yet.
+            let min = 2 * self.jwks_max_age;
+            if period < min || period > MAX_ROTATION_PERIOD {
+                return Err(ConfigError::Range {
+                    key: "rotation_period",
+                    problem: format!(
+                        "must be \"off\" or between twice `jwks_max_age` ({}s) and 40days",
+                        min.as_secs()
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -296,6 +338,9 @@ rate_burst = 200
 request_timeout = "10s"
 # Cache-Control max-age of /.well-known/jwks.json.
 jwks_max_age = "5m"
+# The issuer rotates its signing key by itself this often ("off": only by
+# `baton keys rotate`); between twice jwks_max_age and 40days.
+rotation_period = "30days"
 "#,
             listen = default_listen(),
             token = DEFAULT_TOKEN_TTL_SECS,
@@ -340,6 +385,23 @@ mod tests {
     }
 
     #[test]
+    fn rotation_period_defaults_to_30_days_and_may_be_off() {
+        let config = Config::from_toml("", no_env()).unwrap();
+        assert_eq!(
+            config.rotation_period,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        let off = Config::from_toml("rotation_period = \"off\"", no_env()).unwrap();
+        assert_eq!(off.rotation_period, None);
+        let env = vec![
+            ("BATON_JWKS_MAX_AGE".to_owned(), "2s".to_owned()),
+            ("BATON_ROTATION_PERIOD".to_owned(), "4s".to_owned()),
+        ];
+        let short = Config::from_toml("", env).unwrap();
+        assert_eq!(short.rotation_period, Some(Duration::from_secs(4)));
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             ("token_ttl = \"301s\"", "token_ttl"),
@@ -352,6 +414,11 @@ mod tests {
             ("store = \"redis://127.0.0.1\"", "store"),
             ("token_alg = \"HS256\"", "token_alg"),
             ("rate_limit = 0", "rate_limit"),
+            // Beyond what a 90-day signing certificate covers as `next` then `active`.
+            ("rotation_period = \"41days\"", "rotation_period"),
+            // Shorter than a `next` key needs to reach every verifier's cache.
+            ("rotation_period = \"9m\"", "rotation_period"),
+            ("rotation_period = \"never\"", "rotation_period"),
         ] {
             let err = Config::from_toml(text, no_env()).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::attest::MAX_JTI_BYTES;
 use crate::deny::DenyList;
 use crate::jws::{self, CompactJws, JwsError};
-use crate::keyring::Keyring;
+use crate::keyring::{KeyState, Keyring};
 use crate::ledger::{LedgerError, ReplayLedger};
 
 /// Ledger key prefix of a consumed access token: `access-token <jti>`.
@@ -55,6 +55,9 @@ pub enum InactiveReason {
     /// No key of the keyring has this `kid`.
     #[error("token kid names no key of this issuer")]
     UnknownKey,
+    /// The key named by `kid` was revoked (`baton keys revoke`).
+    #[error("token was signed by a revoked key")]
+    RevokedKey,
     /// `alg` is not the algorithm of the key named by `kid`.
     #[error("token alg does not match its key's algorithm")]
     AlgorithmMismatch,
@@ -108,6 +111,7 @@ impl InactiveReason {
             Self::WrongType => "wrong_typ",
             Self::MissingKid => "missing_kid",
             Self::UnknownKey => "unknown_key",
+            Self::RevokedKey => "revoked_key",
             Self::AlgorithmMismatch => "algorithm_mismatch",
             Self::BadSignature => "bad_signature",
             Self::WrongIssuer => "wrong_issuer",
@@ -250,6 +254,10 @@ impl Introspector {
         // and the key, not the header, decides the algorithm.
         let kid = header.kid.as_deref().ok_or(InactiveReason::MissingKid)?;
         let key = keys.get(kid).ok_or(InactiveReason::UnknownKey)?;
+        // SPEC §9: a revoked key's tokens are inactive at once, valid signature or not.
+        if key.state() == KeyState::Revoked {
+            return Err(InactiveReason::RevokedKey);
+        }
         if header.alg != key.alg() {
             return Err(InactiveReason::AlgorithmMismatch);
         }
@@ -927,6 +935,7 @@ mod tests {
             InactiveReason::WrongType,
             InactiveReason::MissingKid,
             InactiveReason::UnknownKey,
+            InactiveReason::RevokedKey,
             InactiveReason::AlgorithmMismatch,
             InactiveReason::BadSignature,
             InactiveReason::WrongIssuer,

@@ -69,6 +69,9 @@ pub enum KeyState {
     Active,
     /// No longer signs; published until every token it signed has expired.
     Retired,
+    /// Withdrawn in an emergency: unpublished at once, and its tokens introspect
+    /// inactive. Listed until its entry is dropped like a retired one's.
+    Revoked,
 }
 
 impl KeyState {
@@ -78,6 +81,7 @@ impl KeyState {
             Self::Next => "next",
             Self::Active => "active",
             Self::Retired => "retired",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -171,6 +175,11 @@ pub enum KeyringError {
     /// The CA could not certify a new key.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// The index already names as many keys as a JWKS may publish.
+    #[error(
+        "the keyring holds {MAX_JWKS_KEYS} keys, the most a JWKS may publish; retired keys leave once their tokens have expired, rotate again after that"
+    )]
+    Full,
     /// Key generation failed.
     #[error(
         "the system random number generator failed; retry, and check the host's entropy source"
@@ -281,6 +290,8 @@ pub struct SigningKey {
     alg: JwsAlgorithm,
     state: KeyState,
     created_at: OffsetDateTime,
+    activated_at: Option<OffsetDateTime>,
+    retires_at: Option<OffsetDateTime>,
     not_after: OffsetDateTime,
     cert_der: Vec<u8>,
     jwk: Jwk,
@@ -298,6 +309,8 @@ impl std::fmt::Debug for SigningKey {
             .field("alg", &self.alg)
             .field("state", &self.state)
             .field("created_at", &self.created_at)
+            .field("activated_at", &self.activated_at)
+            .field("retires_at", &self.retires_at)
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
@@ -322,6 +335,28 @@ impl SigningKey {
     /// When the key was created.
     pub fn created_at(&self) -> OffsetDateTime {
         self.created_at
+    }
+
+    /// When the key became active, if it ever did.
+    pub fn activated_at(&self) -> Option<OffsetDateTime> {
+        self.activated_at
+    }
+
+    /// When a retired or revoked key leaves the index (and a retired one the JWKS).
+    pub fn retires_at(&self) -> Option<OffsetDateTime> {
+        self.retires_at
+    }
+
+    fn to_entry(&self) -> IndexEntry {
+        IndexEntry {
+            kid: self.kid.clone(),
+            alg: self.alg,
+            state: self.state,
+            created_at: self.created_at.unix_timestamp(),
+            activated_at: self.activated_at.map(OffsetDateTime::unix_timestamp),
+            retires_at: self.retires_at.map(OffsetDateTime::unix_timestamp),
+            cert: STANDARD.encode(&self.cert_der),
+        }
     }
 
     /// The public key as published in the JWKS, with `x5c`.
@@ -384,6 +419,12 @@ struct IndexEntry {
     state: KeyState,
     /// Unix seconds.
     created_at: i64,
+    /// Unix seconds: when the key was promoted to active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    activated_at: Option<i64>,
+    /// Unix seconds: when a retired or revoked key is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retires_at: Option<i64>,
     /// The certificate, base64 (standard, padded) DER, as in `x5c`.
     cert: String,
 }
@@ -476,17 +517,7 @@ impl Keyring {
         for state in [KeyState::Active, KeyState::Next] {
             entries.push(create_key(store, dir, alg, state, created_at)?);
         }
-        let index = Index {
-            version: INDEX_VERSION,
-            keys: entries,
-        };
-        let mut json = serde_json::to_vec_pretty(&index).map_err(|_| KeyringError::Index {
-            path: index_path.to_owned(),
-            reason: "cannot be encoded",
-        })?;
-        json.push(b'\n');
-        // Written last: only now do all the keys it names exist (crash-safe order).
-        fsio::write_atomic(index_path, &json, Mode::Public).map_err(io_err(index_path))?;
+        let json = write_index(index_path, entries)?;
         tracing::info!(%alg, "created the signing keyring: one active and one next key");
         // Reading back what was written runs the same checks as every later start.
         Self::load(store, dir, index_path, &json)
@@ -545,11 +576,253 @@ impl Keyring {
                 path: index_path.to_owned(),
                 found: 0,
             })?;
+        // SPEC §5: a revoked key leaves the JWKS at once.
         let jwks = Jwks {
-            keys: keys.iter().map(|k| k.jwk.clone()).collect(),
+            keys: keys
+                .iter()
+                .filter(|k| k.state != KeyState::Revoked)
+                .map(|k| k.jwk.clone())
+                .collect(),
         };
         Ok(Self { keys, active, jwks })
     }
+}
+
+/// Why `keys revoke` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// No key of the keyring has this kid.
+    #[error("no signing key has kid {kid}; `baton keys list` shows the keys")]
+    UnknownKid {
+        /// The kid asked for.
+        kid: String,
+    },
+    /// The key is already revoked.
+    #[error("signing key {kid} is already revoked")]
+    AlreadyRevoked {
+        /// The key.
+        kid: String,
+    },
+    /// The key is the one signing every token, and `force` was not given.
+    #[error(
+        "signing key {kid} is the active key: revoking it makes every outstanding token inactive and promotes the next key at once; repeat with --force to do so"
+    )]
+    ActiveNeedsForce {
+        /// The key.
+        kid: String,
+    },
+    /// Writing the new keyring failed; the old one stays in force.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+}
+
+/// Key lifecycle (SPEC §9 `keys`). Each step computes the new index from this keyring,
+/// writes any new sealed key first and the index last (atomically), then loads what
+/// was written: a crash at any point leaves the old or the new keyring, never a mix.
+/// These seal, write and fsync: call them off the async runtime.
+impl Keyring {
+    /// Rotates: the oldest `next` key becomes `active`, the `active` one `retired`
+    /// until `now + retire_after`, and a new `next` key of algorithm `alg` is created.
+    /// Retired and revoked keys whose time has passed are dropped.
+    pub fn rotate(
+        &self,
+        store: &OpenDataDir,
+        alg: JwsAlgorithm,
+        now: OffsetDateTime,
+        retire_after: Duration,
+    ) -> Result<Self, KeyringError> {
+        let entries = self.stage_rotation(store, alg, now, retire_after)?;
+        Self::commit(store, entries)
+    }
+
+    /// The rotated index, with the new `next` key already sealed on disk.
+    fn stage_rotation(
+        &self,
+        store: &OpenDataDir,
+        alg: JwsAlgorithm,
+        now: OffsetDateTime,
+        retire_after: Duration,
+    ) -> Result<Vec<IndexEntry>, KeyringError> {
+        let now = whole_second(now);
+        let mut entries = self.live_entries(now);
+        if entries.len() >= MAX_JWKS_KEYS {
+            return Err(KeyringError::Full);
+        }
+        let retires_at = (now + retire_after).unix_timestamp();
+        for entry in &mut entries {
+            if entry.state == KeyState::Active {
+                entry.state = KeyState::Retired;
+                entry.retires_at = Some(retires_at);
+            }
+        }
+        promote_next(store, &mut entries, alg, now)?;
+        entries.push(create_key(
+            store,
+            &keyring_dir(store),
+            alg,
+            KeyState::Next,
+            now,
+        )?);
+        Ok(entries)
+    }
+
+    /// Revokes `kid`: it leaves the JWKS at once and its tokens introspect inactive.
+    /// Revoking the `active` key needs `force`, and promotes the `next` key at once;
+    /// revoking the `active` or `next` key creates a new `next`.
+    pub fn revoke(
+        &self,
+        store: &OpenDataDir,
+        alg: JwsAlgorithm,
+        kid: &str,
+        force: bool,
+        now: OffsetDateTime,
+        retire_after: Duration,
+    ) -> Result<Self, RevokeError> {
+        let key = self.get(kid).ok_or_else(|| RevokeError::UnknownKid {
+            kid: kid.to_owned(),
+        })?;
+        let was = key.state;
+        match was {
+            KeyState::Revoked => {
+                return Err(RevokeError::AlreadyRevoked {
+                    kid: kid.to_owned(),
+                });
+            }
+            KeyState::Active if !force => {
+                return Err(RevokeError::ActiveNeedsForce {
+                    kid: kid.to_owned(),
+                });
+            }
+            _ => {}
+        }
+        let now = whole_second(now);
+        let mut entries = self.live_entries(now);
+        let retires_at = (now + retire_after).unix_timestamp();
+        for entry in entries.iter_mut().filter(|e| e.kid == kid) {
+            entry.state = KeyState::Revoked;
+            entry.retires_at = Some(entry.retires_at.unwrap_or(0).max(retires_at));
+        }
+        if was == KeyState::Active {
+            promote_next(store, &mut entries, alg, now)?;
+        }
+        if matches!(was, KeyState::Active | KeyState::Next) {
+            if entries.len() >= MAX_JWKS_KEYS {
+                return Err(KeyringError::Full.into());
+            }
+            entries.push(create_key(
+                store,
+                &keyring_dir(store),
+                alg,
+                KeyState::Next,
+                now,
+            )?);
+        }
+        Ok(Self::commit(store, entries)?)
+    }
+
+    /// Drops retired and revoked keys whose time has passed; `None` when none has.
+    pub fn purge_expired(
+        &self,
+        store: &OpenDataDir,
+        now: OffsetDateTime,
+    ) -> Result<Option<Self>, KeyringError> {
+        let entries = self.live_entries(now);
+        if entries.len() == self.keys.len() {
+            return Ok(None);
+        }
+        Self::commit(store, entries).map(Some)
+    }
+
+    /// Every key but retired and revoked ones whose `retires_at` has passed.
+    fn live_entries(&self, now: OffsetDateTime) -> Vec<IndexEntry> {
+        self.keys
+            .iter()
+            .filter(|k| {
+                !(matches!(k.state, KeyState::Retired | KeyState::Revoked)
+                    && k.retires_at.is_some_and(|t| t <= now))
+            })
+            .map(|k| k.to_entry())
+            .collect()
+    }
+
+    /// Writes the index (last, atomically), loads it back with every check, then
+    /// removes the sealed files of keys it no longer names.
+    fn commit(store: &OpenDataDir, entries: Vec<IndexEntry>) -> Result<Self, KeyringError> {
+        let dir = keyring_dir(store);
+        let index_path = dir.join(INDEX);
+        let json = write_index(&index_path, entries)?;
+        let keyring = Self::load(store, &dir, &index_path, &json)?;
+        if let Ok(files) = std::fs::read_dir(&dir) {
+            for file in files.flatten() {
+                let name = file.file_name();
+                let Some(kid) = name
+                    .to_string_lossy()
+                    .strip_suffix(SEALED_SUFFIX)
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                if keyring.get(&kid).is_none() {
+                    // Unreferenced now: its tokens have expired or it was revoked.
+                    let _ = std::fs::remove_file(file.path());
+                }
+            }
+        }
+        Ok(keyring)
+    }
+}
+
+/// Promotes the oldest `next` key to `active`, or, should there be none (an edited
+/// index), creates an active key.
+fn promote_next(
+    store: &OpenDataDir,
+    entries: &mut Vec<IndexEntry>,
+    alg: JwsAlgorithm,
+    now: OffsetDateTime,
+) -> Result<(), KeyringError> {
+    match entries.iter_mut().find(|e| e.state == KeyState::Next) {
+        Some(next) => {
+            next.state = KeyState::Active;
+            next.activated_at = Some(now.unix_timestamp());
+        }
+        None => {
+            if entries.len() >= MAX_JWKS_KEYS {
+                return Err(KeyringError::Full);
+            }
+            entries.push(create_key(
+                store,
+                &keyring_dir(store),
+                alg,
+                KeyState::Active,
+                now,
+            )?);
+        }
+    }
+    Ok(())
+}
+
+fn whole_second(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+fn keyring_dir(store: &OpenDataDir) -> PathBuf {
+    store.dir().root().join(KEYRING_DIR)
+}
+
+/// Writes the index atomically (write, fsync, rename) and returns what was written.
+fn write_index(index_path: &Path, keys: Vec<IndexEntry>) -> Result<Vec<u8>, KeyringError> {
+    let index = Index {
+        version: INDEX_VERSION,
+        keys,
+    };
+    let mut json = serde_json::to_vec_pretty(&index).map_err(|_| KeyringError::Index {
+        path: index_path.to_owned(),
+        reason: "cannot be encoded",
+    })?;
+    json.push(b'\n');
+    // Written last: only now do all the keys it names exist (crash-safe order).
+    fsio::write_atomic(index_path, &json, Mode::Public).map_err(io_err(index_path))?;
+    Ok(json)
 }
 
 fn create_key(
@@ -582,6 +855,8 @@ fn create_key(
         alg,
         state,
         created_at: created_at.unix_timestamp(),
+        activated_at: (state == KeyState::Active).then(|| created_at.unix_timestamp()),
+        retires_at: None,
         cert: STANDARD.encode(&cert.der),
     })
 }
@@ -651,6 +926,8 @@ fn load_key(
         alg,
         state,
         created_at,
+        activated_at,
+        retires_at,
         cert,
     } = entry;
     let cert_der = STANDARD
@@ -681,11 +958,15 @@ fn load_key(
     if thumbprint(&jwk_key) != kid {
         return Err(KeyringError::KidMismatch { kid });
     }
-    let created_at =
-        OffsetDateTime::from_unix_timestamp(created_at).map_err(|_| KeyringError::Index {
+    let time = |t: i64| {
+        OffsetDateTime::from_unix_timestamp(t).map_err(|_| KeyringError::Index {
             path: dir.join(INDEX),
-            reason: "created_at is out of range",
-        })?;
+            reason: "a time is out of range",
+        })
+    };
+    let created_at = time(created_at)?;
+    let activated_at = activated_at.map(time).transpose()?;
+    let retires_at = retires_at.map(time).transpose()?;
     let jwk = Jwk {
         kid: kid.clone(),
         key: jwk_key,
@@ -699,6 +980,8 @@ fn load_key(
         alg,
         state,
         created_at,
+        activated_at,
+        retires_at,
         not_after,
         cert_der,
         jwk,
@@ -770,10 +1053,6 @@ pub(crate) mod tests {
         let store = store_in(&tmp.path().join("d"));
         let ring = Keyring::load_or_init(&store, alg, now()).unwrap();
         (tmp, store, ring)
-    }
-
-    fn keyring_dir(store: &OpenDataDir) -> PathBuf {
-        store.dir().root().join(KEYRING_DIR)
     }
 
     fn reload(store: &OpenDataDir) -> Result<Keyring, KeyringError> {
@@ -1185,6 +1464,225 @@ pub(crate) mod tests {
         assert!(matches!(err, KeyringError::Index { .. }), "{err}");
         restore();
         reload(&store).unwrap();
+    }
+
+    const RETIRE_AFTER: Duration = Duration::from_secs(302);
+
+    fn kids_and_states(ring: &Keyring) -> Vec<(String, KeyState)> {
+        ring.keys()
+            .iter()
+            .map(|k| (k.kid().to_owned(), k.state()))
+            .collect()
+    }
+
+    fn published(ring: &Keyring) -> Vec<String> {
+        ring.jwks().keys.iter().map(|k| k.kid.clone()).collect()
+    }
+
+    /// What was persisted is what is in force: a reload sees the same keys and states.
+    fn assert_reloads_the_same(store: &OpenDataDir, ring: &Keyring) {
+        let again = reload(store).unwrap();
+        assert_eq!(kids_and_states(&again), kids_and_states(ring));
+        assert_eq!(again.jwks(), ring.jwks());
+        for (a, b) in again.keys().iter().zip(ring.keys()) {
+            assert_eq!(a.activated_at(), b.activated_at());
+            assert_eq!(a.retires_at(), b.retires_at());
+        }
+    }
+
+    #[test]
+    fn rotation_promotes_next_retires_active_and_prepublishes_a_new_next() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::Es256);
+        let (active, next) = (
+            ring.keys()[0].kid().to_owned(),
+            ring.keys()[1].kid().to_owned(),
+        );
+        let t = whole_second(now());
+        let rotated = ring
+            .rotate(&store, JwsAlgorithm::Es256, t, RETIRE_AFTER)
+            .unwrap();
+        let states = kids_and_states(&rotated);
+        assert_eq!(states.len(), 3);
+        assert_eq!(states[0], (active.clone(), KeyState::Retired));
+        assert_eq!(states[1], (next.clone(), KeyState::Active));
+        assert_eq!(states[2].1, KeyState::Next);
+        assert_eq!(rotated.active().kid(), next);
+        assert_eq!(rotated.active().activated_at(), Some(t));
+        assert_eq!(
+            rotated.get(&active).unwrap().retires_at(),
+            Some(t + RETIRE_AFTER)
+        );
+        // The retired key stays published for its outstanding tokens.
+        assert_eq!(published(&rotated).len(), 3);
+        assert_reloads_the_same(&store, &rotated);
+
+        // A second rotation keeps both retired keys until their time.
+        let again = rotated
+            .rotate(
+                &store,
+                JwsAlgorithm::Es256,
+                t + Duration::from_secs(10),
+                RETIRE_AFTER,
+            )
+            .unwrap();
+        assert_eq!(again.keys().len(), 4);
+        assert_eq!(again.active().kid(), states[2].0);
+        assert_reloads_the_same(&store, &again);
+    }
+
+    #[test]
+    fn retired_keys_leave_the_jwks_index_and_disk_once_their_tokens_expired() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::Es256);
+        let t = whole_second(now());
+        let old = ring.active().kid().to_owned();
+        let rotated = ring
+            .rotate(&store, JwsAlgorithm::Es256, t, RETIRE_AFTER)
+            .unwrap();
+        assert!(
+            rotated
+                .purge_expired(&store, t + Duration::from_secs(301))
+                .unwrap()
+                .is_none()
+        );
+        let purged = rotated
+            .purge_expired(&store, t + RETIRE_AFTER)
+            .unwrap()
+            .unwrap();
+        assert!(purged.get(&old).is_none());
+        assert!(!published(&purged).contains(&old));
+        assert!(!sealed_path(&keyring_dir(&store), &old).exists());
+        assert_reloads_the_same(&store, &purged);
+        // A rotation drops them too.
+        let rotated = purged
+            .rotate(&store, JwsAlgorithm::Es256, t, RETIRE_AFTER)
+            .unwrap();
+        let later = rotated
+            .rotate(&store, JwsAlgorithm::Es256, t + RETIRE_AFTER, RETIRE_AFTER)
+            .unwrap();
+        assert_eq!(
+            later
+                .keys()
+                .iter()
+                .filter(|k| k.state() == KeyState::Retired)
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_revoked_key_leaves_the_jwks_at_once_and_the_active_one_needs_force() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::Es256);
+        let t = whole_second(now());
+        let alg = JwsAlgorithm::Es256;
+        let ring = ring.rotate(&store, alg, t, RETIRE_AFTER).unwrap();
+        let retired = ring.keys()[0].kid().to_owned();
+        let active = ring.active().kid().to_owned();
+
+        // A retired key: gone from the JWKS, still listed as revoked.
+        let ring = ring
+            .revoke(&store, alg, &retired, false, t, RETIRE_AFTER)
+            .unwrap();
+        assert_eq!(ring.get(&retired).unwrap().state(), KeyState::Revoked);
+        assert!(!published(&ring).contains(&retired));
+        assert_eq!(published(&ring).len(), 2);
+        assert_reloads_the_same(&store, &ring);
+        assert!(matches!(
+            ring.revoke(&store, alg, &retired, true, t, RETIRE_AFTER),
+            Err(RevokeError::AlreadyRevoked { .. })
+        ));
+        assert!(matches!(
+            ring.revoke(&store, alg, "nope", true, t, RETIRE_AFTER),
+            Err(RevokeError::UnknownKid { .. })
+        ));
+
+        // The active key: refused without force, and nothing changes on disk.
+        let err = ring
+            .revoke(&store, alg, &active, false, t, RETIRE_AFTER)
+            .unwrap_err();
+        assert!(matches!(err, RevokeError::ActiveNeedsForce { .. }), "{err}");
+        assert_reloads_the_same(&store, &ring);
+
+        // With force, the next key takes over at once and a new next is published.
+        let next = ring
+            .keys()
+            .iter()
+            .find(|k| k.state() == KeyState::Next)
+            .unwrap()
+            .kid()
+            .to_owned();
+        let ring = ring
+            .revoke(&store, alg, &active, true, t, RETIRE_AFTER)
+            .unwrap();
+        assert_eq!(ring.active().kid(), next);
+        assert_eq!(ring.get(&active).unwrap().state(), KeyState::Revoked);
+        assert!(!published(&ring).contains(&active));
+        let nexts = ring
+            .keys()
+            .iter()
+            .filter(|k| k.state() == KeyState::Next)
+            .count();
+        assert_eq!(nexts, 1);
+        assert_reloads_the_same(&store, &ring);
+
+        // Revoking the next key pre-publishes another.
+        let next = ring
+            .keys()
+            .iter()
+            .find(|k| k.state() == KeyState::Next)
+            .unwrap()
+            .kid()
+            .to_owned();
+        let ring = ring
+            .revoke(&store, alg, &next, false, t, RETIRE_AFTER)
+            .unwrap();
+        assert_eq!(ring.get(&next).unwrap().state(), KeyState::Revoked);
+        let nexts = ring
+            .keys()
+            .iter()
+            .filter(|k| k.state() == KeyState::Next)
+            .count();
+        assert_eq!(nexts, 1);
+        assert_reloads_the_same(&store, &ring);
+    }
+
+    #[test]
+    fn a_crash_between_sealing_the_new_key_and_writing_the_index_keeps_the_old_keyring() {
+        let (_tmp, store, ring) = keyring(JwsAlgorithm::Es256);
+        let before = kids_and_states(&ring);
+        // The new `next` key is sealed on disk; the process dies before the index.
+        let staged = ring
+            .stage_rotation(&store, JwsAlgorithm::Es256, now(), RETIRE_AFTER)
+            .unwrap();
+        let orphan = staged.last().unwrap().kid.clone();
+        assert!(sealed_path(&keyring_dir(&store), &orphan).exists());
+        drop(staged);
+
+        let restarted = reload(&store).unwrap();
+        assert_eq!(kids_and_states(&restarted), before);
+        assert!(restarted.get(&orphan).is_none());
+        // The next rotation works and sweeps the orphan away.
+        let rotated = restarted
+            .rotate(&store, JwsAlgorithm::Es256, now(), RETIRE_AFTER)
+            .unwrap();
+        assert_eq!(rotated.active().kid(), before[1].0);
+        assert!(!sealed_path(&keyring_dir(&store), &orphan).exists());
+        assert_reloads_the_same(&store, &rotated);
+    }
+
+    #[test]
+    fn a_full_keyring_refuses_to_rotate_and_stays_in_force() {
+        let (_tmp, store, mut ring) = keyring(JwsAlgorithm::EdDsa);
+        let t = whole_second(now());
+        while ring.keys().len() < MAX_JWKS_KEYS {
+            ring = ring
+                .rotate(&store, JwsAlgorithm::EdDsa, t, RETIRE_AFTER)
+                .unwrap();
+        }
+        let err = ring
+            .rotate(&store, JwsAlgorithm::EdDsa, t, RETIRE_AFTER)
+            .unwrap_err();
+        assert!(matches!(err, KeyringError::Full), "{err}");
+        assert_reloads_the_same(&store, &ring);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod join_token;
 mod jws;
 pub mod keyring;
 pub mod ledger;
+pub mod lifecycle;
 pub mod metrics;
 pub mod mint;
 pub mod pki;

@@ -45,6 +45,8 @@ pub const LEDGER_ENTRIES: &str = "baton_ledger_entries";
 pub const LEDGER_CAPACITY: &str = "baton_ledger_capacity";
 /// Admin-socket commands. Labels: `command`, `result` (`ok` | `error`).
 pub const ADMIN_COMMANDS: &str = "baton_admin_commands_total";
+/// Signing-key rotations. Label: `trigger` (`command` | `schedule`).
+pub const KEY_ROTATIONS: &str = "baton_key_rotations_total";
 
 /// Counts one replay attempt of `kind` (`access_token` | `client_assertion`).
 pub fn replay_attempt(kind: &'static str) {

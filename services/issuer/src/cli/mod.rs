@@ -5,6 +5,7 @@ mod admin;
 mod enroll;
 mod identities;
 mod init;
+mod keys;
 mod policy;
 mod serve;
 mod token;
@@ -44,6 +45,8 @@ enum Command {
     Enroll(enroll::EnrollArgs),
     /// Workload identities: revoke one on the running issuer (deny list).
     Identities(identities::IdentitiesArgs),
+    /// Signing keys of the running issuer: list, rotate, revoke.
+    Keys(keys::KeysArgs),
     /// Check a token policy file, or reload the running issuer's policy (SPEC §6).
     Policy(policy::PolicyArgs),
     /// Run the issuer. On a fresh machine it first initializes a dev trust domain
@@ -62,6 +65,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(args) => init::run(&ctx, args),
         Command::Enroll(args) => enroll::run(&ctx, args),
         Command::Identities(args) => identities::run(&ctx, args),
+        Command::Keys(args) => keys::run(&ctx, args),
         Command::Policy(args) => policy::run(&ctx, args),
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Token(args) => token::run(args),

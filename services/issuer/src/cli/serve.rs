@@ -13,6 +13,7 @@ use baton_issuer::deny::DenyStore;
 use baton_issuer::introspect::Introspector;
 use baton_issuer::keyring::Keyring;
 use baton_issuer::ledger::{MemoryLedger, ReplayLedger};
+use baton_issuer::lifecycle::KeyLifecycle;
 use baton_issuer::metrics as m;
 use baton_issuer::pki::{self, DEFAULT_CA_TTL};
 use baton_issuer::policy::{Policy, PolicyStore};
@@ -89,7 +90,7 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
             "no data directory: initialized a DEV trust domain (dev KEK beside the data; use `baton init` and BATON_KEK_FILE in production)"
         );
     }
-    let store = ctx.data_dir.open(&ctx.kek)?;
+    let store = Arc::new(ctx.data_dir.open(&ctx.kek)?);
     let mut config = load_config(ctx, &args)?;
     // First, so a second issuer on the same data directory stops here, before it
     // touches the keyring.
@@ -142,6 +143,13 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         prometheus,
     ));
     let app = server::app(state.clone(), config.request_timeout);
+    let keys = Arc::new(KeyLifecycle::new(
+        Arc::clone(&store),
+        config.token_alg,
+        config.jwks_max_age,
+        config.rotation_period,
+        Arc::clone(&state),
+    ));
 
     let (dns_names, ips) = server_names(&config, &issuer);
     let tls = server::tls::server_config(ca, &dns_names, &ips, now())?;
@@ -149,7 +157,7 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_path = admin_socket.path().to_owned();
     let admin_task = tokio::spawn(admin_socket.serve(
-        Arc::new(AdminOps::new(deny, policy.clone(), td.clone())),
+        Arc::new(AdminOps::new(deny, policy.clone(), td.clone()).with_keys(Arc::clone(&keys))),
         stop_rx.clone(),
     ));
     let https = axum_server::from_tcp_rustls(
@@ -183,6 +191,13 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Before "listening": a SIGTERM sent as soon as the issuer says it is up must find
+    // the handler installed, not the default action (death without a graceful stop).
+    let handlers = Signals {
+        term: signal(SignalKind::terminate()).context("cannot install signal handlers")?,
+        int: signal(SignalKind::interrupt()).context("cannot install signal handlers")?,
+        hup: signal(SignalKind::hangup()).context("cannot install signal handlers")?,
+    };
     if let Some(addr) = http_addr {
         warn!(%addr, "plain HTTP listener on: only for use behind a TLS-terminating gateway (no mTLS there)");
     }
@@ -203,11 +218,13 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     }
 
     tokio::spawn(signals(
+        handlers,
         handle.clone(),
         stop_tx,
         policy,
         state,
         memory_ledger,
+        keys,
     ));
     https.await.context("HTTPS listener failed")?;
     if let Some(http) = http {
@@ -235,23 +252,30 @@ async fn wait_until_after(second: i64) {
 
 /// SIGTERM / SIGINT: stop accepting, let in-flight requests finish. SIGHUP: reload
 /// the policy, keeping the old one if the new one is invalid. Every minute: forget idle
-/// rate-limit state and expired ledger entries.
+/// rate-limit state and expired ledger entries. Every JWKS max-age (at most a minute):
+/// rotate the signing key when it is due and drop retired keys whose time has passed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
 async fn signals(
+    handlers: Signals,
     handle: axum_server::Handle<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     policy: Arc<PolicyStore>,
     state: Arc<Issuer>,
     ledger: Arc<MemoryLedger>,
+    keys: Arc<KeyLifecycle>,
 ) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        warn!("cannot install signal handlers");
-        return;
-    };
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = handlers;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
+    let mut key_ticks = tokio::time::interval(keys.tick_interval());
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -265,6 +289,18 @@ async fn signals(
                 state.housekeeping();
                 ledger.purge_expired(now().unix_timestamp());
                 metrics::gauge!(m::LEDGER_ENTRIES).set(ledger.len() as f64);
+            }
+            _ = key_ticks.tick() => {
+                let keys = Arc::clone(&keys);
+                match tokio::task::spawn_blocking(move || keys.tick(time::OffsetDateTime::now_utc())).await {
+                    Ok(Ok(true)) => {
+                        metrics::counter!(m::KEY_ROTATIONS, "trigger" => "schedule").increment(1);
+                    }
+                    Ok(Ok(false)) => {}
+                    // The keyring in force stays; the next tick tries again.
+                    Ok(Err(e)) => warn!(error = %e, "scheduled key rotation failed"),
+                    Err(e) => warn!(error = %e, "scheduled key rotation panicked"),
+                }
             }
         }
     }

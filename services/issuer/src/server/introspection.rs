@@ -39,7 +39,7 @@ pub(super) async fn introspect(
     // token_type_hint is ignored (RFC 7662 §2.1): Baton has one kind of token.
     match state
         .introspector
-        .introspect(&state.keyring, &req.token, &caller.id, now)
+        .introspect(state.published().keyring(), &req.token, &caller.id, now)
     {
         Ok(claims) => {
             metrics::counter!(m::INTROSPECTIONS, "result" => "active", "reason" => "ok")

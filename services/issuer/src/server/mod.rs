@@ -16,6 +16,7 @@ mod wellknown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, Guard};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -38,21 +39,49 @@ use crate::keyring::Keyring;
 use crate::metrics as m;
 use crate::policy::PolicyStore;
 
+/// The keyring with the documents that publish it, swapped as one on every rotation
+/// so that a request sees one consistent generation.
+pub struct Published {
+    keyring: Keyring,
+    jwks_body: Bytes,
+    metadata_body: Bytes,
+}
+
+impl Published {
+    fn new(issuer: &str, keyring: Keyring) -> Self {
+        let mut algs = Vec::new();
+        for key in keyring.keys() {
+            if !algs.contains(&key.alg()) {
+                algs.push(key.alg());
+            }
+        }
+        let metadata = AuthorizationServerMetadata::for_issuer(issuer, &algs);
+        Self {
+            jwks_body: json_bytes(keyring.jwks()),
+            metadata_body: json_bytes(&metadata),
+            keyring,
+        }
+    }
+
+    /// The keyring of this generation.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+}
+
 /// Everything a request handler needs, built once at start.
 pub struct Issuer {
     issuer: String,
-    keyring: Keyring,
+    /// Read lock-free by every request; replaced whole by a rotation or revocation.
+    published: ArcSwap<Published>,
     attestor: Attestor,
     /// Shares the attestor's replay ledger and deny list.
     introspector: Introspector,
     policy: Arc<PolicyStore>,
     token_ttl: Duration,
     limiter: RateLimiter,
-    /// `Cache-Control` of the JWKS, and the JWKS and metadata documents, serialized
-    /// once: they change only with the keyring.
+    /// `Cache-Control` of the JWKS.
     jwks_cache_control: HeaderValue,
-    jwks_body: Bytes,
-    metadata_body: Bytes,
     metrics: PrometheusHandle,
 }
 
@@ -72,21 +101,12 @@ impl Issuer {
         jwks_max_age: Duration,
         metrics: PrometheusHandle,
     ) -> Self {
-        let mut algs = Vec::new();
-        for key in keyring.keys() {
-            if !algs.contains(&key.alg()) {
-                algs.push(key.alg());
-            }
-        }
-        let metadata = AuthorizationServerMetadata::for_issuer(&issuer, &algs);
         let jwks_cache_control =
             HeaderValue::from_str(&format!("public, max-age={}", jwks_max_age.as_secs()))
                 .unwrap_or(HeaderValue::from_static("max-age=60"));
         Self {
-            jwks_body: json_bytes(keyring.jwks()),
-            metadata_body: json_bytes(&metadata),
+            published: ArcSwap::from_pointee(Published::new(&issuer, keyring)),
             issuer,
-            keyring,
             attestor,
             introspector,
             policy,
@@ -95,6 +115,17 @@ impl Issuer {
             jwks_cache_control,
             metrics,
         }
+    }
+
+    /// The current keyring generation: one atomic load, no lock.
+    pub fn published(&self) -> Guard<Arc<Published>> {
+        self.published.load()
+    }
+
+    /// Serves `keyring` from the next request on (after a rotation or revocation).
+    pub fn publish(&self, keyring: Keyring) {
+        self.published
+            .store(Arc::new(Published::new(&self.issuer, keyring)));
     }
 
     /// Forgets idle callers' rate-limit state; call periodically.

@@ -17,7 +17,7 @@ pub(super) async fn healthz() -> impl IntoResponse {
 /// its replay ledger is full of live entries, since every one-time use then fails
 /// closed (503) until some expire.
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let _ = state.keyring.active();
+    let _ = state.published().keyring().active();
     if !state.introspector.ready(super::unix_now()) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -30,7 +30,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// `GET /metrics`: Prometheus text format.
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let now = time::OffsetDateTime::now_utc();
-    for key in state.keyring.keys() {
+    for key in state.published().keyring().keys() {
         let age = (now - key.created_at()).as_seconds_f64().max(0.0);
         metrics::gauge!(m::SIGNING_KEY_AGE, "kid" => key.kid().to_owned(), "state" => key.state().as_str())
             .set(age);

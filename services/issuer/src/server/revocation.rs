@@ -37,7 +37,7 @@ pub(super) async fn revoke(
     // token_type_hint is ignored (RFC 7009 §2.1 allows it): Baton has one kind of token.
     match state
         .introspector
-        .revoke(&state.keyring, &req.token, &caller.id, now)
+        .revoke(state.published().keyring(), &req.token, &caller.id, now)
     {
         Ok(claims) => {
             metrics::counter!(m::REVOCATIONS, "result" => "revoked").increment(1);

@@ -88,7 +88,7 @@ fn issue(
         .decide(&caller.id, &audience, scope.as_ref(), state.token_ttl)
         .map_err(|d| with_caller(d.into()))?;
 
-    let key = state.keyring.active();
+    let key = Arc::clone(state.published().keyring().active());
     let sid = mint::new_session_id().map_err(|_| with_caller(ApiError::internal()))?;
     let method = caller.method.as_str();
     let spec = TokenSpec {
@@ -108,7 +108,7 @@ fn issue(
     let mut tokens = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
         let start = Instant::now();
-        let minted = mint::mint(key, &spec, now).map_err(|e| {
+        let minted = mint::mint(&key, &spec, now).map_err(|e| {
             tracing::error!(error = %e, "minting failed");
             with_caller(ApiError::internal())
         })?;

@@ -19,7 +19,7 @@ pub(super) async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
             ),
             (header::CACHE_CONTROL, state.jwks_cache_control.clone()),
         ],
-        state.jwks_body.clone(),
+        state.published().jwks_body.clone(),
     )
 }
 
@@ -27,6 +27,6 @@ pub(super) async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
 pub(super) async fn metadata(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        state.metadata_body.clone(),
+        state.published().metadata_body.clone(),
     )
 }
