@@ -170,3 +170,37 @@ fn a_rotation_period_beyond_the_certificate_lifetime_is_refused_at_start() {
     assert_ne!(run.code, Some(0));
     assert!(run.stderr.contains("rotation_period"), "{}", run.stderr);
 }
+
+#[test]
+fn an_issuer_killed_mid_rotation_restarts_with_the_old_consistent_keyring() {
+    let sb = Sandbox::new();
+    sb.baton(&["init", "--trust-domain", "example.org"]).ok();
+    let mut server = Server::start_with_env(&sb, &[], &[("BATON_FAILPOINT", "rotate-after-seal")]);
+    let before = keys(&sb, &["list"]);
+    // The issuer dies after sealing the new key, before writing the index.
+    let run = sb.baton(&["keys", "rotate"]);
+    assert_eq!(run.code, Some(1), "{}", run.stdout);
+    assert!(
+        server
+            .wait_exit(Duration::from_secs(10))
+            .is_none_or(|c| c != 0)
+    );
+    drop(server);
+    let keyring = sb.data_dir().join("keyring");
+    let sealed = std::fs::read_dir(&keyring)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".key.sealed")
+        })
+        .count();
+    assert_eq!(sealed, 3, "the new key was sealed before the crash");
+
+    let _server = Server::start(&sb, &[]);
+    assert_eq!(keys(&sb, &["list"])["keys"], before["keys"]);
+    let rotated = keys(&sb, &["rotate"]);
+    assert_eq!(in_state(&rotated, "active"), in_state(&before, "next"));
+}

@@ -635,6 +635,18 @@ impl Keyring {
         Self::commit(store, entries)
     }
 
+    /// The first half of [`Keyring::rotate`] alone: seals the new `next` key and
+    /// writes no index. Only for crash-consistency tests (`BATON_FAILPOINT`).
+    pub(crate) fn seal_next_without_index(
+        &self,
+        store: &OpenDataDir,
+        alg: JwsAlgorithm,
+        now: OffsetDateTime,
+        retire_after: Duration,
+    ) -> Result<(), KeyringError> {
+        self.stage_rotation(store, alg, now, retire_after).map(drop)
+    }
+
     /// The rotated index, with the new `next` key already sealed on disk.
     fn stage_rotation(
         &self,

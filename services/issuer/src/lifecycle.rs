@@ -23,7 +23,14 @@ pub struct KeyLifecycle {
     issuer: Arc<Issuer>,
     /// One step at a time: each starts from the keyring the previous one published.
     lock: Mutex<()>,
+    /// Crash-consistency test hook: abort between sealing the new key and writing the
+    /// index, as a power cut would.
+    crash_after_seal: bool,
 }
+
+/// The `BATON_FAILPOINT` value that makes a rotation abort the process between its
+/// two writes (end-to-end crash tests only).
+pub const FAILPOINT_ROTATE_AFTER_SEAL: &str = "rotate-after-seal";
 
 impl std::fmt::Debug for KeyLifecycle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +62,15 @@ impl KeyLifecycle {
             rotation_period,
             issuer,
             lock: Mutex::new(()),
+            crash_after_seal: false,
         }
+    }
+
+    /// Arms the [`FAILPOINT_ROTATE_AFTER_SEAL`] hook: the next rotation aborts the
+    /// process after sealing its new key and before writing the index.
+    pub fn crash_after_seal(mut self, armed: bool) -> Self {
+        self.crash_after_seal = armed;
+        self
     }
 
     /// How often to call [`KeyLifecycle::tick`]: every JWKS max-age, at most a minute,
@@ -86,9 +101,14 @@ impl KeyLifecycle {
     pub fn rotate(&self, now: OffsetDateTime) -> Result<(), KeyringError> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.issuer.published();
-        let rotated = current
-            .keyring()
-            .rotate(&self.store, self.alg, now, self.retire_after)?;
+        let keyring = current.keyring();
+        let rotated = if self.crash_after_seal {
+            keyring.seal_next_without_index(&self.store, self.alg, now, self.retire_after)?;
+            tracing::error!("failpoint {FAILPOINT_ROTATE_AFTER_SEAL}: aborting mid-rotation");
+            std::process::abort();
+        } else {
+            keyring.rotate(&self.store, self.alg, now, self.retire_after)?
+        };
         tracing::info!(
             active = %rotated.active().kid(),
             retired = %current.keyring().active().kid(),

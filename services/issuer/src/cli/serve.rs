@@ -13,7 +13,7 @@ use baton_issuer::deny::DenyStore;
 use baton_issuer::introspect::Introspector;
 use baton_issuer::keyring::Keyring;
 use baton_issuer::ledger::{MemoryLedger, ReplayLedger};
-use baton_issuer::lifecycle::KeyLifecycle;
+use baton_issuer::lifecycle::{FAILPOINT_ROTATE_AFTER_SEAL, KeyLifecycle};
 use baton_issuer::metrics as m;
 use baton_issuer::pki::{self, DEFAULT_CA_TTL};
 use baton_issuer::policy::{Policy, PolicyStore};
@@ -143,13 +143,18 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         prometheus,
     ));
     let app = server::app(state.clone(), config.request_timeout);
-    let keys = Arc::new(KeyLifecycle::new(
-        Arc::clone(&store),
-        config.token_alg,
-        config.jwks_max_age,
-        config.rotation_period,
-        Arc::clone(&state),
-    ));
+    let keys = Arc::new(
+        KeyLifecycle::new(
+            Arc::clone(&store),
+            config.token_alg,
+            config.jwks_max_age,
+            config.rotation_period,
+            Arc::clone(&state),
+        )
+        .crash_after_seal(
+            std::env::var("BATON_FAILPOINT").is_ok_and(|v| v == FAILPOINT_ROTATE_AFTER_SEAL),
+        ),
+    );
 
     let (dns_names, ips) = server_names(&config, &issuer);
     let tls = server::tls::server_config(ca, &dns_names, &ips, now())?;
