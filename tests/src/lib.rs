@@ -103,6 +103,15 @@ impl Sandbox {
         self.read("baton-data/bundle.pem")
     }
 
+    /// `baton keys <args> --json` against the running issuer, parsed.
+    pub fn keys_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["keys"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        serde_json::from_str(self.baton(&all).ok())
+            .unwrap_or_else(|e| panic!("`baton keys` printed no JSON: {e}"))
+    }
+
     /// `baton --data-dir <sandbox> <args>` with no inherited `BATON_*` settings.
     pub fn baton(&self, args: &[&str]) -> Run {
         self.baton_with_env(args, &[])
@@ -378,4 +387,17 @@ pub fn sign_jws(header: &serde_json::Value, claims: &serde_json::Value, key_pem:
             .to_vec(),
     };
     format!("{input}.{}", b64.encode(sig))
+}
+
+/// The kids of a `baton keys list --json` answer whose state is `state`.
+pub fn kids_in_state(list: &serde_json::Value, state: &str) -> Vec<String> {
+    list["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter(|k| k["state"] == state)
+                .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -6,25 +6,8 @@
 
 use std::time::Duration;
 
-use baton_tests::{Sandbox, Server, https_client};
+use baton_tests::{Sandbox, Server, https_client, kids_in_state};
 use serde_json::Value;
-
-fn keys(sb: &Sandbox, args: &[&str]) -> Value {
-    let mut all = vec!["keys"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    serde_json::from_str(sb.baton(&all).ok()).unwrap()
-}
-
-fn in_state(list: &Value, state: &str) -> Vec<String> {
-    list["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|k| k["state"] == state)
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 async fn published(server: &Server, bundle: &str) -> Vec<String> {
     let jwks: Value = https_client(bundle, None)
@@ -69,8 +52,8 @@ async fn rotate_promotes_next_and_the_jwks_follows_at_once() {
     let server = Server::start(&sb, &[]);
     let bundle = sb.bundle();
 
-    let list = keys(&sb, &["list"]);
-    let (active, next) = (in_state(&list, "active"), in_state(&list, "next"));
+    let list = sb.keys_json(&["list"]);
+    let (active, next) = (kids_in_state(&list, "active"), kids_in_state(&list, "next"));
     assert_eq!((active.len(), next.len()), (1, 1), "{list}");
     for key in list["keys"].as_array().unwrap() {
         assert_eq!(key["alg"], "ES256");
@@ -82,10 +65,10 @@ async fn rotate_promotes_next_and_the_jwks_follows_at_once() {
         "{table}"
     );
 
-    let rotated = keys(&sb, &["rotate"]);
-    assert_eq!(in_state(&rotated, "active"), next, "{rotated}");
-    assert_eq!(in_state(&rotated, "retired"), active, "{rotated}");
-    let new_next = in_state(&rotated, "next");
+    let rotated = sb.keys_json(&["rotate"]);
+    assert_eq!(kids_in_state(&rotated, "active"), next, "{rotated}");
+    assert_eq!(kids_in_state(&rotated, "retired"), active, "{rotated}");
+    let new_next = kids_in_state(&rotated, "next");
     assert_eq!(new_next.len(), 1);
     let retired = &rotated["keys"].as_array().unwrap()[0];
     assert!(retired["retires_at"].as_i64().unwrap() > retired["created_at"].as_i64().unwrap());
@@ -95,7 +78,7 @@ async fn rotate_promotes_next_and_the_jwks_follows_at_once() {
     want.sort();
     assert_eq!(jwks, want, "the JWKS shows next, active and retired keys");
     // What the command answered is what a listing shows.
-    assert_eq!(keys(&sb, &["list"])["keys"], rotated["keys"]);
+    assert_eq!(sb.keys_json(&["list"])["keys"], rotated["keys"]);
 }
 
 #[tokio::test]
@@ -104,13 +87,13 @@ async fn revoking_the_active_key_needs_force_and_removes_it_from_the_jwks() {
     sb.baton(&["init", "--trust-domain", "example.org"]).ok();
     let server = Server::start(&sb, &[]);
     let bundle = sb.bundle();
-    let list = keys(&sb, &["list"]);
-    let (active, next) = (in_state(&list, "active"), in_state(&list, "next"));
+    let list = sb.keys_json(&["list"]);
+    let (active, next) = (kids_in_state(&list, "active"), kids_in_state(&list, "next"));
 
     let refused = sb.baton(&["keys", "revoke", &active[0]]);
     assert_eq!(refused.code, Some(1));
     assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
-    assert_eq!(keys(&sb, &["list"])["keys"], list["keys"]);
+    assert_eq!(sb.keys_json(&["list"])["keys"], list["keys"]);
 
     let unknown = sb.baton(&["keys", "revoke", "nope"]);
     assert_eq!(unknown.code, Some(1));
@@ -120,10 +103,10 @@ async fn revoking_the_active_key_needs_force_and_removes_it_from_the_jwks() {
         unknown.stderr
     );
 
-    let after = keys(&sb, &["revoke", &active[0], "--force"]);
-    assert_eq!(in_state(&after, "active"), next, "{after}");
-    assert_eq!(in_state(&after, "revoked"), active, "{after}");
-    assert_eq!(in_state(&after, "next").len(), 1, "{after}");
+    let after = sb.keys_json(&["revoke", &active[0], "--force"]);
+    assert_eq!(kids_in_state(&after, "active"), next, "{after}");
+    assert_eq!(kids_in_state(&after, "revoked"), active, "{after}");
+    assert_eq!(kids_in_state(&after, "next").len(), 1, "{after}");
     let jwks = published(&server, &bundle).await;
     assert!(!jwks.contains(&active[0]), "{jwks:?}");
     assert_eq!(jwks.len(), 2);
@@ -131,7 +114,7 @@ async fn revoking_the_active_key_needs_force_and_removes_it_from_the_jwks() {
     // Persisted: a restarted issuer serves the same keyring.
     drop(server);
     let server = Server::start(&sb, &[]);
-    assert_eq!(keys(&sb, &["list"])["keys"], after["keys"]);
+    assert_eq!(sb.keys_json(&["list"])["keys"], after["keys"]);
     assert_eq!(published(&server, &bundle).await.len(), 2);
 }
 
@@ -147,16 +130,19 @@ fn the_issuer_rotates_by_itself_every_rotation_period() {
             ("BATON_ROTATION_PERIOD", "2s"),
         ],
     );
-    let first = in_state(&keys(&sb, &["list"]), "active");
+    let first = kids_in_state(&sb.keys_json(&["list"]), "active");
     assert!(
         server.wait_for_log("rotated the signing keys"),
         "{:?}",
         server.log()
     );
     std::thread::sleep(Duration::from_millis(200));
-    let list = keys(&sb, &["list"]);
-    assert_ne!(in_state(&list, "active"), first, "{list}");
-    assert!(in_state(&list, "retired").contains(&first[0]), "{list}");
+    let list = sb.keys_json(&["list"]);
+    assert_ne!(kids_in_state(&list, "active"), first, "{list}");
+    assert!(
+        kids_in_state(&list, "retired").contains(&first[0]),
+        "{list}"
+    );
 }
 
 #[test]
@@ -176,7 +162,7 @@ fn an_issuer_killed_mid_rotation_restarts_with_the_old_consistent_keyring() {
     let sb = Sandbox::new();
     sb.baton(&["init", "--trust-domain", "example.org"]).ok();
     let mut server = Server::start_with_env(&sb, &[], &[("BATON_FAILPOINT", "rotate-after-seal")]);
-    let before = keys(&sb, &["list"]);
+    let before = sb.keys_json(&["list"]);
     // The issuer dies after sealing the new key, before writing the index.
     let run = sb.baton(&["keys", "rotate"]);
     assert_eq!(run.code, Some(1), "{}", run.stdout);
@@ -200,7 +186,10 @@ fn an_issuer_killed_mid_rotation_restarts_with_the_old_consistent_keyring() {
     assert_eq!(sealed, 3, "the new key was sealed before the crash");
 
     let _server = Server::start(&sb, &[]);
-    assert_eq!(keys(&sb, &["list"])["keys"], before["keys"]);
-    let rotated = keys(&sb, &["rotate"]);
-    assert_eq!(in_state(&rotated, "active"), in_state(&before, "next"));
+    assert_eq!(sb.keys_json(&["list"])["keys"], before["keys"]);
+    let rotated = sb.keys_json(&["rotate"]);
+    assert_eq!(
+        kids_in_state(&rotated, "active"),
+        kids_in_state(&before, "next")
+    );
 }

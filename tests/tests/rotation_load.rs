@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_sdk::{SpiffeId, TokenClient, Verifier, VerifyError};
-use baton_tests::{Sandbox, Server, https_client};
+use baton_tests::{Sandbox, Server, https_client, kids_in_state};
 use serde_json::Value;
 
 const ORDERS: &str = "spiffe://example.org/fn/orders";
@@ -33,23 +33,6 @@ const CALLERS: usize = 3;
 
 fn id(s: &str) -> SpiffeId {
     s.parse().unwrap()
-}
-
-fn keys_json(sb: &Sandbox, args: &[&str]) -> Value {
-    let mut all = vec!["keys"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    serde_json::from_str(sb.baton(&all).ok()).unwrap()
-}
-
-fn kid_in_state(list: &Value, state: &str) -> Vec<String> {
-    list["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|k| k["state"] == state)
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -128,20 +111,20 @@ async fn ten_rotations_under_load_fail_no_valid_token_and_revocation_is_immediat
         }));
     }
 
-    let first = keys_json(&sb, &["list"]);
-    let mut actives = kid_in_state(&first, "active");
+    let first = sb.keys_json(&["list"]);
+    let mut actives = kids_in_state(&first, "active");
     for _ in 0..ROTATIONS {
         tokio::time::sleep(BETWEEN_ROTATIONS).await;
         // The CLI blocks; keep the callers' runtime threads free meanwhile.
-        let list = tokio::task::block_in_place(|| keys_json(&sb, &["rotate"]));
-        let active = kid_in_state(&list, "active");
+        let list = tokio::task::block_in_place(|| sb.keys_json(&["rotate"]));
+        let active = kids_in_state(&list, "active");
         assert_eq!(active.len(), 1, "{list}");
         assert!(
             !actives.contains(&active[0]),
             "rotation reused a key: {list}"
         );
         actives.push(active[0].clone());
-        assert_eq!(kid_in_state(&list, "next").len(), 1, "{list}");
+        assert_eq!(kids_in_state(&list, "next").len(), 1, "{list}");
     }
     // Let the last key sign for a while too.
     tokio::time::sleep(BETWEEN_ROTATIONS).await;
@@ -167,9 +150,9 @@ async fn ten_rotations_under_load_fail_no_valid_token_and_revocation_is_immediat
     let outstanding = client.token_for(&id(PAYMENTS)).await.unwrap();
     let for_sdk = client.token_for(&id(PAYMENTS)).await.unwrap();
     let signer = actives.last().unwrap().clone();
-    let list = keys_json(&sb, &["rotate"]);
-    assert!(kid_in_state(&list, "retired").contains(&signer), "{list}");
-    keys_json(&sb, &["revoke", &signer]);
+    let list = sb.keys_json(&["rotate"]);
+    assert!(kids_in_state(&list, "retired").contains(&signer), "{list}");
+    sb.keys_json(&["revoke", &signer]);
     let jwks: Value = https_client(&bundle, None)
         .get(server.url("/.well-known/jwks.json"))
         .send()
