@@ -1,6 +1,6 @@
 //! The admin socket (SPEC §9): a Unix socket `<data-dir>/admin.sock`, mode 0600 in a
 //! 0700 directory, through which `baton identities revoke` and `baton policy reload`
-//! reach the running issuer. The file system is the authentication: whoever can open
+//! (and the `keys` and `join-tokens` commands) reach the running issuer. The file system is the authentication: whoever can open
 //! the socket is the issuer's own user (or root).
 //!
 //! Protocol: the client sends one JSON object on one line (at most
@@ -27,6 +27,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::deny::DenyStore;
+use crate::join_token::{JoinTokens, Selector};
 use crate::lifecycle::KeyLifecycle;
 use crate::metrics as m;
 use crate::policy::{PolicyError, PolicyStore, PolicySummary};
@@ -82,6 +83,20 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// `join-tokens.list`: outstanding join tokens by handle, never the tokens.
+    #[serde(rename = "join-tokens.list")]
+    ListJoinTokens {},
+    /// `join-tokens.revoke`: make outstanding join tokens unusable, by handle (prefix)
+    /// or every one bound to an identity; exactly one of the two.
+    #[serde(rename = "join-tokens.revoke")]
+    RevokeJoinTokens {
+        /// A handle or its first 8+ hex digits, as `join-tokens.list` shows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handle: Option<String>,
+        /// Every token bound to this SPIFFE ID.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
 }
 
 impl Request {
@@ -93,6 +108,8 @@ impl Request {
             Self::ListKeys {} => "keys.list",
             Self::RotateKeys {} => "keys.rotate",
             Self::RevokeKey { .. } => "keys.revoke",
+            Self::ListJoinTokens {} => "join-tokens.list",
+            Self::RevokeJoinTokens { .. } => "join-tokens.revoke",
         }
     }
 }
@@ -178,6 +195,7 @@ pub struct AdminOps {
     policy: Arc<PolicyStore>,
     trust_domain: TrustDomain,
     keys: Option<Arc<KeyLifecycle>>,
+    join_tokens: Option<JoinTokens>,
 }
 
 impl AdminOps {
@@ -188,7 +206,14 @@ impl AdminOps {
             policy,
             trust_domain,
             keys: None,
+            join_tokens: None,
         }
+    }
+
+    /// Also serves the `join-tokens.*` commands over this store.
+    pub fn with_join_tokens(mut self, join_tokens: JoinTokens) -> Self {
+        self.join_tokens = Some(join_tokens);
+        self
     }
 
     /// Also serves the `keys.*` commands over this key lifecycle.
@@ -206,6 +231,8 @@ impl AdminOps {
             Request::ListKeys {} => self.list_keys(),
             Request::RotateKeys {} => self.rotate_keys().await,
             Request::RevokeKey { kid, force } => self.revoke_key(kid, force).await,
+            Request::ListJoinTokens {} => self.list_join_tokens().await,
+            Request::RevokeJoinTokens { handle, id } => self.revoke_join_tokens(handle, id).await,
         };
         let result = if reply.is_ok() { "ok" } else { "error" };
         metrics::counter!(m::ADMIN_COMMANDS, "command" => name, "result" => result).increment(1);
@@ -311,6 +338,54 @@ impl AdminOps {
         .await
         {
             Ok(Ok(())) => self.list_keys(),
+            Ok(Err(e)) => Reply::error(one_line(&e)),
+            Err(_) => Reply::error("internal error while revoking; see the issuer's log"),
+        }
+    }
+
+    fn join_token_store(&self) -> Result<JoinTokens, Reply> {
+        self.join_tokens
+            .clone()
+            .ok_or_else(|| Reply::error("this issuer does not manage join tokens"))
+    }
+
+    async fn list_join_tokens(&self) -> Reply {
+        let store = match self.join_token_store() {
+            Ok(store) => store,
+            Err(reply) => return reply,
+        };
+        match tokio::task::spawn_blocking(move || store.list(time::OffsetDateTime::now_utc())).await
+        {
+            Ok(tokens) => Reply::ok(json!({ "join_tokens": tokens })),
+            Err(_) => Reply::error("internal error while listing; see the issuer's log"),
+        }
+    }
+
+    async fn revoke_join_tokens(&self, handle: Option<String>, id: Option<String>) -> Reply {
+        let store = match self.join_token_store() {
+            Ok(store) => store,
+            Err(reply) => return reply,
+        };
+        let selector = match (handle, id) {
+            (Some(handle), None) => Selector::Handle(handle),
+            (None, Some(id)) => match id.parse::<SpiffeId>() {
+                Ok(id) => Selector::Id(id),
+                Err(e) => return Reply::error(format!("not a SPIFFE ID: {e}")),
+            },
+            _ => return Reply::error("give exactly one of a handle or an identity"),
+        };
+        match tokio::task::spawn_blocking(move || {
+            store.revoke(&selector, time::OffsetDateTime::now_utc())
+        })
+        .await
+        {
+            Ok(Ok(revoked)) => {
+                metrics::counter!(m::JOIN_TOKENS_REVOKED).increment(revoked.len() as u64);
+                for token in &revoked {
+                    crate::audit::join_token_revoked(&token.handle, &token.id);
+                }
+                Reply::ok(json!({ "revoked": revoked }))
+            }
             Ok(Err(e)) => Reply::error(one_line(&e)),
             Err(_) => Reply::error("internal error while revoking; see the issuer's log"),
         }
@@ -655,6 +730,77 @@ mod tests {
                 .unwrap()
                 .contains("previous policy stays")
         );
+    }
+
+    #[tokio::test]
+    async fn join_tokens_are_listed_by_handle_and_revoked_by_handle_or_identity() {
+        let f = fixture();
+        let store = JoinTokens::new(f.dir.path().join("join-tokens"));
+        let ops = AdminOps::new(
+            Arc::clone(&f.deny),
+            Arc::new(PolicyStore::new(Policy::deny_all(), None, None)),
+            TrustDomain::new("example.org").unwrap(),
+        )
+        .with_join_tokens(store.clone());
+        let td = TrustDomain::new("example.org").unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let ttl = Duration::from_secs(600);
+        let orders: SpiffeId = "spiffe://example.org/fn/orders".parse().unwrap();
+        let payments: SpiffeId = "spiffe://example.org/fn/payments".parse().unwrap();
+        let a = store.create(&td, &orders, ttl, now).unwrap();
+        store.create(&td, &orders, ttl, now).unwrap();
+        store.create(&td, &payments, ttl, now).unwrap();
+
+        let reply = ops.handle(Request::ListJoinTokens {}).await;
+        let listed = reply
+            .get("join_tokens")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(listed.len(), 3, "{reply:?}");
+        assert!(!reply.to_value().to_string().contains(a.token.as_str()));
+        assert!(listed.iter().any(|t| t["handle"] == json!(a.handle)));
+
+        let by_handle = Request::RevokeJoinTokens {
+            handle: Some(a.handle[..10].to_owned()),
+            id: None,
+        };
+        let reply = ops.handle(by_handle).await;
+        assert_eq!(
+            reply.get("revoked").unwrap().as_array().unwrap().len(),
+            1,
+            "{reply:?}"
+        );
+        let by_id = Request::RevokeJoinTokens {
+            handle: None,
+            id: Some(orders.to_string()),
+        };
+        let reply = ops.handle(by_id).await;
+        let revoked = reply.get("revoked").unwrap().as_array().unwrap();
+        assert_eq!(revoked.len(), 1, "{reply:?}");
+        assert_eq!(revoked[0]["id"], json!(orders));
+        let left = store.list(now);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, payments);
+
+        for bad in [
+            Request::RevokeJoinTokens {
+                handle: None,
+                id: None,
+            },
+            Request::RevokeJoinTokens {
+                handle: Some("zz".into()),
+                id: None,
+            },
+            Request::RevokeJoinTokens {
+                handle: None,
+                id: Some("nonsense".into()),
+            },
+        ] {
+            assert!(!ops.handle(bad).await.is_ok());
+        }
+        assert_eq!(store.list(now).len(), 1, "refused commands change nothing");
     }
 
     #[test]

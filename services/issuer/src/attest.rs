@@ -85,6 +85,9 @@ pub struct Attested {
     pub x5t_s256: String,
     /// End of the leaf certificate's validity, Unix seconds.
     pub cert_not_after: i64,
+    /// SHA-256 of the leaf's subject public key (the bit string's contents): tells a
+    /// renewal for a new key from one for the same key.
+    pub key_sha256: [u8; 32],
 }
 
 /// Why a caller's identity was not accepted. Messages name the rule that failed and
@@ -250,6 +253,7 @@ struct Verdict {
     not_after: i64,
     /// `None` for keys that can authenticate over TLS but cannot sign ES256 / EdDSA.
     key: Option<LeafKey>,
+    key_sha256: [u8; 32],
 }
 
 impl Verdict {
@@ -271,6 +275,7 @@ impl Verdict {
             method,
             x5t_s256: self.x5t_s256.clone(),
             cert_not_after: self.leaf_not_after,
+            key_sha256: self.key_sha256,
         }
     }
 }
@@ -475,7 +480,8 @@ impl Attestor {
         }
     }
 
-    fn check_not_denied(&self, id: &SpiffeId) -> Result<(), AttestError> {
+    /// Refuses `id` if it is on the identity deny list.
+    pub fn check_not_denied(&self, id: &SpiffeId) -> Result<(), AttestError> {
         if self.deny.contains(id) {
             return Err(AttestError::Denied { id: id.clone() });
         }
@@ -549,6 +555,7 @@ impl Attestor {
             not_after = not_after.min(cert.validity().not_after.timestamp());
         }
         let thumbprint = digest::digest(&digest::SHA256, leaf_der.as_ref());
+        let key_sha256 = sha256(&leaf.public_key().subject_public_key.data);
         Ok(Verdict {
             id,
             x5t_s256: URL_SAFE_NO_PAD.encode(thumbprint.as_ref()),
@@ -556,6 +563,7 @@ impl Attestor {
             not_before,
             not_after,
             key: leaf_key(leaf.public_key()),
+            key_sha256,
         })
     }
 
@@ -633,6 +641,13 @@ fn chain_error(error: webpki::Error) -> AttestError {
         webpki::Error::RequiredEkuNotFoundContext(_) => AttestError::KeyUsage,
         _ => AttestError::UntrustedChain,
     }
+}
+
+/// SHA-256 of `bytes`, as an array.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+    out
 }
 
 fn leaf_key(spki: &SubjectPublicKeyInfo<'_>) -> Option<LeafKey> {

@@ -1,14 +1,16 @@
 //! Audit events: one structured `tracing` event per issuance, denial, introspection,
-//! consumption, replay attempt, revocation and identity revocation, under the
-//! `baton::audit` target so operators can route them apart from diagnostics. They name
-//! who asked, for whom, the outcome and the token's `jti` and `sid` — never a token,
-//! an assertion or key material. A `jti` is logged only once the token's signature
-//! verified; an unverified token's claims are whatever an attacker wrote.
+//! consumption, replay attempt, revocation, identity revocation, workload certificate
+//! and join-token revocation, under the `baton::audit` target so operators can route
+//! them apart from diagnostics. They name who asked, for whom, the outcome and the
+//! token's `jti` and `sid` — never a token, a join token, an assertion or key
+//! material. A `jti` is logged only once the token's signature verified; an
+//! unverified token's claims are whatever an attacker wrote.
 
 use baton_proto::SpiffeId;
 use baton_proto::claims::AccessTokenClaims;
 
 use crate::mint::TokenSpec;
+use crate::svid::IssuedSvid;
 
 /// Target of every audit event.
 pub const TARGET: &str = "baton::audit";
@@ -130,6 +132,43 @@ pub fn identity_revoked(id: &SpiffeId, newly: bool) {
         event = "identity.revoked",
         id = %id,
         newly,
+        via = "admin_socket",
+    );
+}
+
+/// A workload certificate was issued by `POST /v1/svid`; `method` is `join_token`
+/// (first certificate) or the client authentication of a renewal.
+pub fn svid_issued(svid: &IssuedSvid, method: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = "svid.issued",
+        id = %svid.id,
+        serial = svid.serial,
+        method,
+        not_after = svid.not_after.unix_timestamp(),
+    );
+}
+
+/// A `POST /v1/svid` request was refused. `id` is known once the join token was found
+/// or the renewing caller attested; `method` is how the caller tried to prove itself.
+pub fn svid_denied(id: Option<&SpiffeId>, method: &str, error: &str, reason: &str) {
+    tracing::warn!(
+        target: TARGET,
+        event = "svid.denied",
+        id = id.map(SpiffeId::as_str).unwrap_or(""),
+        method,
+        error,
+        reason,
+    );
+}
+
+/// Outstanding join tokens were revoked (admin socket), by handle or identity.
+pub fn join_token_revoked(handle: &str, id: &SpiffeId) {
+    tracing::warn!(
+        target: TARGET,
+        event = "join_token.revoked",
+        handle,
+        id = %id,
         via = "admin_socket",
     );
 }

@@ -20,6 +20,7 @@ const ENV_KEYS: &[&str] = &[
     "token_ttl",
     "token_alg",
     "svid_ttl",
+    "svid_rate_limit",
     "rate_limit",
     "rate_burst",
     "request_timeout",
@@ -59,9 +60,13 @@ pub struct Config {
     /// Access-token lifetime when the policy sets none (at most 300 s).
     #[serde(default = "default_token_ttl", deserialize_with = "duration")]
     pub token_ttl: Duration,
-    /// X.509-SVID lifetime (1 min to 7 days).
+    /// X.509-SVID lifetime (5 s to 7 days), of `baton enroll` and `POST /v1/svid`.
     #[serde(default = "default_svid_ttl", deserialize_with = "duration")]
     pub svid_ttl: Duration,
+    /// `POST /v1/svid` requests per minute allowed to one identity (its burst too):
+    /// first certificates from join tokens bound to it and renewals.
+    #[serde(default = "default_svid_rate_limit")]
+    pub svid_rate_limit: u32,
     /// Issuer identifier (`iss` of every token, RFC 8414 `issuer`); defaults to
     /// `https://<listen>` (`localhost` when listening on all addresses).
     #[serde(default, deserialize_with = "issuer_url")]
@@ -122,6 +127,10 @@ fn default_token_alg() -> JwsAlgorithm {
 
 fn default_rate_limit() -> u32 {
     100
+}
+
+fn default_svid_rate_limit() -> u32 {
+    60
 }
 
 fn default_rate_burst() -> u32 {
@@ -193,6 +202,7 @@ impl Default for Config {
             policy: None,
             token_ttl: default_token_ttl(),
             svid_ttl: default_svid_ttl(),
+            svid_rate_limit: default_svid_rate_limit(),
             issuer_url: None,
             store: default_store(),
             token_alg: default_token_alg(),
@@ -247,7 +257,7 @@ impl Config {
         if !(MIN_SVID_TTL..=MAX_SVID_TTL).contains(&self.svid_ttl) {
             return Err(ConfigError::Range {
                 key: "svid_ttl",
-                problem: "must be between 1m and 7days".to_owned(),
+                problem: "must be between 5s and 7days".to_owned(),
             });
         }
         if self.store != "embedded" {
@@ -263,6 +273,12 @@ impl Config {
             return Err(ConfigError::Range {
                 key: "rate_limit",
                 problem: "and `rate_burst` must be at least 1".to_owned(),
+            });
+        }
+        if self.svid_rate_limit == 0 {
+            return Err(ConfigError::Range {
+                key: "svid_rate_limit",
+                problem: "must be at least 1".to_owned(),
             });
         }
         if self.request_timeout.is_zero() || self.request_timeout > Duration::from_secs(300) {
@@ -324,8 +340,11 @@ listen = "{listen}"
 
 # Access-token lifetime when the policy names none; never above 300s.
 token_ttl = "{token}s"
-# Lifetime of workload certificates (X.509-SVIDs); 1m to 7days.
+# Lifetime of workload certificates (X.509-SVIDs); 5s to 7days. Clients that
+# bootstrap from a join token renew at about half of it.
 svid_ttl = "24h"
+# POST /v1/svid requests per minute per identity (first certificates and renewals).
+svid_rate_limit = 60
 
 # Issuer identifier: the `iss` of every token and the `aud` of client assertions.
 # Default: https://localhost:<port> on a loopback or wildcard listener.
@@ -408,6 +427,8 @@ mod tests {
             ("token_ttl = \"0s\"", "token_ttl"),
             ("svid_ttl = \"30days\"", "svid_ttl"),
             ("svid_ttl = \"soon\"", "svid_ttl"),
+            ("svid_ttl = \"4s\"", "svid_ttl"),
+            ("svid_rate_limit = 0", "svid_rate_limit"),
             ("listen = \"localhost\"", "listen"),
             ("lisen = \"127.0.0.1:1\"", "lisen"),
             ("issuer_url = \"http://x\"", "issuer_url"),

@@ -22,3 +22,4 @@ pub mod pki;
 pub mod policy;
 pub mod seal;
 pub mod server;
+pub mod svid;

@@ -47,6 +47,13 @@ pub const LEDGER_CAPACITY: &str = "baton_ledger_capacity";
 pub const ADMIN_COMMANDS: &str = "baton_admin_commands_total";
 /// Signing-key rotations. Label: `trigger` (`command` | `schedule`).
 pub const KEY_ROTATIONS: &str = "baton_key_rotations_total";
+/// Workload certificates issued by `POST /v1/svid`. Label: `method` (`join_token` |
+/// `tls_client_auth` | `private_key_jwt`).
+pub const SVIDS_ISSUED: &str = "baton_svids_issued_total";
+/// `POST /v1/svid` requests refused. Label: `reason`.
+pub const SVID_DENIALS: &str = "baton_svid_denials_total";
+/// Outstanding join tokens revoked (`baton join-tokens revoke`).
+pub const JOIN_TOKENS_REVOKED: &str = "baton_join_tokens_revoked_total";
 
 /// Counts one replay attempt of `kind` (`access_token` | `client_assertion`).
 pub fn replay_attempt(kind: &'static str) {

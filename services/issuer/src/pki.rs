@@ -24,8 +24,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
 /// Longest X.509-SVID lifetime Baton issues: SVIDs are meant to be short lived.
 pub const MAX_SVID_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Shortest X.509-SVID lifetime Baton issues.
-pub const MIN_SVID_TTL: Duration = Duration::from_secs(60);
+/// Shortest X.509-SVID lifetime Baton issues: a few seconds, so tests can watch
+/// clients renew; production lifetimes are hours.
+pub const MIN_SVID_TTL: Duration = Duration::from_secs(5);
 /// Default root CA lifetime: ten years.
 pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Backdating of `notBefore`, so a verifier whose clock is a little behind accepts a

@@ -75,14 +75,16 @@ fn join(ctx: &Context, args: &EnrollArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&json!({
             "join_token": made.token.as_str(),
+            "handle": made.handle,
             "id": args.id,
             "expires_at": made.expires_at.unix_timestamp(),
         }));
     }
     eprintln!(
-        "One-time join token for {}, valid until {}:",
+        "One-time join token for {}, valid until {} (handle {}, for `baton join-tokens revoke`):",
         args.id,
-        rfc3339(made.expires_at)
+        rfc3339(made.expires_at),
+        made.handle,
     );
     println!("{}", made.token.as_str());
     Ok(())

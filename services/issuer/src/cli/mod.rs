@@ -5,6 +5,7 @@ mod admin;
 mod enroll;
 mod identities;
 mod init;
+mod join_tokens;
 mod keys;
 mod policy;
 mod serve;
@@ -45,6 +46,8 @@ enum Command {
     Enroll(enroll::EnrollArgs),
     /// Workload identities: revoke one on the running issuer (deny list).
     Identities(identities::IdentitiesArgs),
+    /// Outstanding join tokens of the running issuer: list, revoke.
+    JoinTokens(join_tokens::JoinTokensArgs),
     /// Signing keys of the running issuer: list, rotate, revoke.
     Keys(keys::KeysArgs),
     /// Check a token policy file, or reload the running issuer's policy (SPEC §6).
@@ -65,6 +68,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(args) => init::run(&ctx, args),
         Command::Enroll(args) => enroll::run(&ctx, args),
         Command::Identities(args) => identities::run(&ctx, args),
+        Command::JoinTokens(args) => join_tokens::run(&ctx, args),
         Command::Keys(args) => keys::run(&ctx, args),
         Command::Policy(args) => policy::run(&ctx, args),
         Command::Serve(args) => serve::run(&ctx, args),

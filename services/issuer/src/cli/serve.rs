@@ -11,6 +11,7 @@ use baton_issuer::attest::Attestor;
 use baton_issuer::config::Config;
 use baton_issuer::deny::DenyStore;
 use baton_issuer::introspect::Introspector;
+use baton_issuer::join_token::JoinTokens;
 use baton_issuer::keyring::Keyring;
 use baton_issuer::ledger::{MemoryLedger, ReplayLedger};
 use baton_issuer::lifecycle::{FAILPOINT_ROTATE_AFTER_SEAL, KeyLifecycle};
@@ -18,6 +19,7 @@ use baton_issuer::metrics as m;
 use baton_issuer::pki::{self, DEFAULT_CA_TTL};
 use baton_issuer::policy::{Policy, PolicyStore};
 use baton_issuer::server::{self, Issuer, RateLimiter};
+use baton_issuer::svid::SvidIssuer;
 use baton_proto::TrustDomain;
 use baton_proto::metadata::TOKEN_PATH;
 use clap::{Args, ValueEnum};
@@ -130,18 +132,23 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(deny.list()),
         Arc::clone(&ledger),
     )?;
-    let introspector = Introspector::new(issuer.clone(), Arc::clone(deny.list()), ledger);
-    let state = Arc::new(Issuer::new(
-        issuer.clone(),
-        keyring,
-        attestor,
-        introspector,
-        policy.clone(),
-        config.token_ttl,
-        RateLimiter::new(config.rate_limit, config.rate_burst),
-        config.jwks_max_age,
-        prometheus,
-    ));
+    let introspector =
+        Introspector::new(issuer.clone(), Arc::clone(deny.list()), Arc::clone(&ledger));
+    let svids = SvidIssuer::new(Arc::clone(&store), ledger, config.svid_ttl);
+    let state = Arc::new(
+        Issuer::new(
+            issuer.clone(),
+            keyring,
+            attestor,
+            introspector,
+            policy.clone(),
+            config.token_ttl,
+            RateLimiter::new(config.rate_limit, config.rate_burst),
+            config.jwks_max_age,
+            prometheus,
+        )
+        .with_enrollment(svids, config.svid_rate_limit),
+    );
     let app = server::app(state.clone(), config.request_timeout);
     let keys = Arc::new(
         KeyLifecycle::new(
@@ -161,10 +168,16 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     let handle = axum_server::Handle::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_path = admin_socket.path().to_owned();
-    let admin_task = tokio::spawn(admin_socket.serve(
-        Arc::new(AdminOps::new(deny, policy.clone(), td.clone()).with_keys(Arc::clone(&keys))),
-        stop_rx.clone(),
-    ));
+    let admin_task = tokio::spawn(
+        admin_socket.serve(
+            Arc::new(
+                AdminOps::new(deny, policy.clone(), td.clone())
+                    .with_keys(Arc::clone(&keys))
+                    .with_join_tokens(JoinTokens::new(ctx.data_dir.join_tokens_path())),
+            ),
+            stop_rx.clone(),
+        ),
+    );
     let https = axum_server::from_tcp_rustls(
         listener,
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),

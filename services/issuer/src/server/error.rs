@@ -89,6 +89,17 @@ impl ApiError {
         )
     }
 
+    /// 401 `invalid_client`: a join token that is malformed, unknown, revoked, used or
+    /// expired — one answer for all, so guessing learns nothing.
+    pub fn invalid_join_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidClient,
+            "invalid_join_token",
+            "join token is invalid, expired or already used: ask the operator for a fresh one (`baton enroll --join-token`)",
+        )
+    }
+
     /// 400 `unauthorized_client`: the caller authenticated but may not do this
     /// (RFC 7009 §2.1: revoking a token neither issued to it nor addressed to it).
     pub fn unauthorized_client(description: impl Into<Cow<'static, str>>) -> Self {
@@ -152,6 +163,12 @@ impl ApiError {
             "not_found",
             "no such endpoint",
         )
+    }
+
+    /// The same error with another description.
+    pub fn with_description(mut self, description: impl Into<Cow<'static, str>>) -> Self {
+        self.description = description.into();
+        self
     }
 
     /// The RFC 6749 error code.

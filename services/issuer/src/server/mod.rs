@@ -9,6 +9,7 @@ mod introspection;
 mod ops;
 mod ratelimit;
 mod revocation;
+mod svid;
 pub mod tls;
 mod token;
 mod wellknown;
@@ -25,7 +26,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use baton_proto::metadata::{
-    AuthorizationServerMetadata, INTROSPECT_PATH, JWKS_PATH, METADATA_PATH, REVOKE_PATH, TOKEN_PATH,
+    AuthorizationServerMetadata, INTROSPECT_PATH, JWKS_PATH, METADATA_PATH, REVOKE_PATH, SVID_PATH,
+    TOKEN_PATH,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::timeout::TimeoutLayer;
@@ -38,6 +40,7 @@ use crate::introspect::Introspector;
 use crate::keyring::Keyring;
 use crate::metrics as m;
 use crate::policy::PolicyStore;
+use crate::svid::SvidIssuer;
 
 /// The keyring with the documents that publish it, swapped as one on every rotation
 /// so that a request sees one consistent generation.
@@ -83,6 +86,15 @@ pub struct Issuer {
     /// `Cache-Control` of the JWKS.
     jwks_cache_control: HeaderValue,
     metrics: PrometheusHandle,
+    /// `POST /v1/svid`; absent, the endpoint answers 404.
+    enrollment: Option<Enrollment>,
+}
+
+/// What `POST /v1/svid` needs beside attestation: the CA and join tokens, and its own
+/// per-identity rate limit (certificates are requested far less often than tokens).
+pub struct Enrollment {
+    issuer: SvidIssuer,
+    limiter: RateLimiter,
 }
 
 impl Issuer {
@@ -114,7 +126,18 @@ impl Issuer {
             limiter,
             jwks_cache_control,
             metrics,
+            enrollment: None,
         }
+    }
+
+    /// Serves `POST /v1/svid` with `issuer`, allowing each identity `per_minute`
+    /// requests a minute.
+    pub fn with_enrollment(mut self, issuer: SvidIssuer, per_minute: u32) -> Self {
+        self.enrollment = Some(Enrollment {
+            issuer,
+            limiter: RateLimiter::per_minute(per_minute),
+        });
+        self
     }
 
     /// The current keyring generation: one atomic load, no lock.
@@ -131,6 +154,9 @@ impl Issuer {
     /// Forgets idle callers' rate-limit state; call periodically.
     pub fn housekeeping(&self) {
         self.limiter.forget_idle();
+        if let Some(enrollment) = &self.enrollment {
+            enrollment.limiter.forget_idle();
+        }
     }
 }
 
@@ -152,6 +178,7 @@ pub type AppState = Arc<Issuer>;
 pub fn app(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .route(TOKEN_PATH, post(token::token))
+        .route(SVID_PATH, post(svid::svid))
         .route(INTROSPECT_PATH, post(introspection::introspect))
         .route(REVOKE_PATH, post(revocation::revoke))
         .route(JWKS_PATH, get(wellknown::jwks))
@@ -176,6 +203,7 @@ async fn record_request(req: Request, next: Next) -> Response {
         .map_or("unmatched", |p| match p.as_str() {
             // Static strings keep label values bounded whatever the path.
             TOKEN_PATH => TOKEN_PATH,
+            SVID_PATH => SVID_PATH,
             INTROSPECT_PATH => INTROSPECT_PATH,
             REVOKE_PATH => REVOKE_PATH,
             JWKS_PATH => JWKS_PATH,

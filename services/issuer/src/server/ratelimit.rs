@@ -20,11 +20,22 @@ impl RateLimiter {
     /// `per_second` sustained, `burst` at once (both at least 1).
     pub fn new(per_second: u32, burst: u32) -> Self {
         let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+        Self::with_quota(Quota::per_second(rate), burst)
+    }
+
+    /// `per_minute` sustained, and as many at once (at least 1): for rare requests
+    /// such as certificate renewals.
+    pub fn per_minute(per_minute: u32) -> Self {
+        let rate = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+        Self::with_quota(Quota::per_minute(rate), per_minute)
+    }
+
+    fn with_quota(quota: Quota, burst: u32) -> Self {
         let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let clock = DefaultClock::default();
         Self {
             inner: Governor::new(
-                Quota::per_second(rate).allow_burst(burst),
+                quota.allow_burst(burst),
                 DefaultKeyedStateStore::default(),
                 clock.clone(),
             ),
@@ -60,5 +71,19 @@ mod tests {
         let wait = limiter.check(&a).unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
         assert!(limiter.check(&b).is_ok(), "callers have separate buckets");
+    }
+
+    #[test]
+    fn per_minute_quota_refills_over_a_minute() {
+        let limiter = RateLimiter::per_minute(3);
+        let a: SpiffeId = "spiffe://example.org/a".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limiter.check(&a).is_ok());
+        }
+        let wait = limiter.check(&a).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
     }
 }
