@@ -143,6 +143,12 @@ pub enum ConfigError {
     /// The join token is empty, too long, or holds characters no join token has.
     #[error("join token: {0}")]
     JoinToken(&'static str),
+    /// [`JoinBuilder::connect`](crate::JoinBuilder::connect) was polled outside a
+    /// tokio runtime, which it needs for its requests and its renewal task.
+    #[error(
+        "a client built from a join token needs a tokio runtime: call connect() from within one"
+    )]
+    NoRuntime,
     /// The prefetch pool is larger than one batch mint may be.
     #[error("pool size {0} exceeds the issuer's batch limit of {max}", max = baton_proto::claims::MAX_BATCH_COUNT)]
     PoolSize(u8),

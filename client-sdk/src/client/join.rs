@@ -227,16 +227,17 @@ impl JoinBuilder {
     ///
     /// # Errors
     /// [`TokenError::Config`] as for
-    /// [`TokenClientBuilder::build`](crate::TokenClientBuilder::build), and when the
-    /// join token is empty or malformed; [`TokenError::Refused`] with
+    /// [`TokenClientBuilder::build`](crate::TokenClientBuilder::build), when the
+    /// join token is empty or malformed, and outside a tokio runtime (the renewal task
+    /// runs on the runtime `connect` runs on); [`TokenError::Refused`] with
     /// `invalid_client` when the issuer does not accept the join token (unknown,
     /// expired or already used: a join token works once); [`TokenError::Svid`] when
     /// the certificate fails a check; [`TokenError::Transport`] when the issuer cannot
     /// be reached.
-    ///
-    /// # Panics
-    /// When called outside a tokio runtime (it spawns the renewal task).
     pub async fn connect(self) -> Result<TokenClient, TokenError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::NoRuntime.into());
+        }
         let (issuer, urls) = issuer_urls(&self.issuer_url)?;
         let roots = self.roots?;
         self.options.check()?;
@@ -348,6 +349,21 @@ mod tests {
         assert!(!debug.contains(TOKEN), "{debug}");
         assert!(!debug.contains("c2VjcmV0"), "{debug}");
         assert!(debug.contains("<redacted>"));
+    }
+
+    #[test]
+    fn connect_outside_a_tokio_runtime_is_an_error_not_a_panic() {
+        use std::future::Future as _;
+        use std::task::{Context, Poll, Waker};
+        let connect = TokenClient::join("https://192.0.2.1", b"", TOKEN).connect();
+        let mut connect = std::pin::pin!(connect);
+        match connect
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(Err(TokenError::Config(ConfigError::NoRuntime))) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

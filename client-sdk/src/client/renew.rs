@@ -193,9 +193,13 @@ pub(crate) struct Task {
 }
 
 /// Starts renewing `client`'s certificate on the current tokio runtime, reporting to
-/// `on_renewal`.
-pub(crate) fn start(client: &Arc<Inner>, task: Task, on_renewal: Option<Callback>) {
-    tokio::spawn(run(Arc::downgrade(client), task, on_renewal));
+/// `on_renewal`. The task ends when the client is dropped.
+pub(crate) fn start(
+    client: &Arc<Inner>,
+    task: Task,
+    on_renewal: Option<Callback>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(Arc::downgrade(client), task, on_renewal))
 }
 
 async fn run(client: Weak<Inner>, task: Task, on_renewal: Option<Callback>) {
@@ -397,6 +401,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::identity::WorkloadIdentity;
+    use crate::client::{Auth, Options, issuer_urls, transport};
 
     const RANDOMS: [u32; 6] = [0, 1, 0x7fff_ffff, 0x8000_0000, u32::MAX - 1, u32::MAX];
 
@@ -509,5 +515,113 @@ mod tests {
         assert!(line.ends_with(&cause), "{line}");
         assert_eq!(line.matches(&cause).count(), 1, "{line}");
         assert!(!line.contains('\n'));
+    }
+
+    /// A client renewing a self-signed certificate valid for `lifetime` from an issuer
+    /// that cannot be reached (nothing listens on port 1), and its renewal task.
+    fn unreachable_client(
+        lifetime: i64,
+        on_renewal: Option<Callback>,
+    ) -> (Arc<Inner>, tokio::task::JoinHandle<()>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://example.org/fn/orders".try_into().unwrap(),
+        )];
+        params.not_after =
+            time::OffsetDateTime::from_unix_timestamp(unix_now() + lifetime).unwrap();
+        let cert = params.self_signed(&key).unwrap().pem();
+        let identity = WorkloadIdentity::from_pem(
+            cert.as_bytes(),
+            key.serialize_pem().as_bytes(),
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        let (issuer, urls) = issuer_urls("https://127.0.0.1:1").unwrap();
+        let transport = Transport {
+            roots: transport::trust_roots(cert.as_bytes()).unwrap(),
+            urls,
+            timeout: Duration::from_secs(2),
+        };
+        let id = identity.id.clone();
+        let credentials =
+            Credentials::new(Auth::Assertion, identity, &issuer, &transport, None).unwrap();
+        let (renewal, task) = Renewal::new(KeyType::EcP256, transport, credentials.not_after);
+        let inner = Arc::new(Inner::new(
+            id,
+            issuer,
+            Auth::Assertion,
+            credentials,
+            &Options::default(),
+            Some(renewal),
+        ));
+        let handle = start(&inner, task, on_renewal);
+        (inner, handle)
+    }
+
+    #[tokio::test]
+    async fn dropping_the_client_ends_its_renewal_task_at_once() {
+        // Renewal is hours away; the task must not wait for it to notice.
+        let (inner, task) = unreachable_client(24 * 3600, None);
+        let status = inner.status();
+        assert!(status.auto_renew);
+        assert!(status.next_attempt.unwrap() > unix_now() + 3600);
+        drop(inner);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the renewal task outlived its client")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_renewal_is_reported_retried_and_keeps_the_current_certificate() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let callback: Callback = Box::new(move |event| {
+            let seen = match event {
+                RenewalEvent::Failed {
+                    error,
+                    retry_in,
+                    status,
+                } => Some((
+                    matches!(error, TokenError::Transport(_)),
+                    *retry_in,
+                    (*status).clone(),
+                )),
+                _ => None,
+            };
+            let _ = tx.send(seen);
+            // A panicking callback does not end renewal.
+            panic!("callback panics");
+        });
+        // 2 s left: the first attempt comes after the 1 s floor.
+        let (inner, task) = unreachable_client(2, Some(callback));
+        let before = inner.status();
+        for attempt in 1..=2u32 {
+            let seen = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("no renewal attempt reported")
+                .unwrap();
+            let (transport, retry_in, status) = seen.expect("a Failed event");
+            assert!(transport, "an unreachable issuer is a transport error");
+            assert!(
+                retry_in >= FIRST_RETRY / 2 && retry_in <= MAX_RETRY,
+                "{retry_in:?}"
+            );
+            assert_eq!(status.consecutive_failures, attempt);
+            assert_eq!(status.renewals, 0);
+            assert_eq!(status.serial, before.serial, "the certificate stays in use");
+            let reason = status.last_error.unwrap();
+            assert!(
+                reason.contains("HTTPS request to the issuer failed"),
+                "{reason}"
+            );
+            assert!(!reason.contains("127.0.0.1"), "no URL in errors: {reason}");
+        }
+        assert_eq!(inner.status().consecutive_failures, 2);
+        drop(inner);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
