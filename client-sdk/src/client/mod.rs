@@ -212,10 +212,15 @@ impl Inner {
 
     /// Puts renewed credentials in use; mints in flight keep the ones they loaded.
     fn swap(&self, credentials: Credentials) {
-        *self
+        let mut current = self
             .credentials
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(credentials);
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = std::mem::replace(&mut *current, Arc::new(credentials));
+        drop(current);
+        // The old HTTPS client (and its connections) goes once its last mint is done,
+        // never while the lock is held.
+        drop(previous);
     }
 
     fn status(&self) -> CertificateStatus {
