@@ -8,7 +8,9 @@
 //!   ([`LocalReplayGuard`]: once per verifier process).
 //! - **Caller** (`client` feature): a [`TokenClient`] gets a fresh token for one
 //!   audience over mTLS or with a signed client assertion, optionally from a small
-//!   prefetched pool.
+//!   prefetched pool. It is built from a workload certificate and key, or from a join
+//!   token ([`TokenClient::join`]): then it generates its key in memory, fetches its
+//!   certificate, and renews it before expiry.
 //! - **Integrations**: an axum extractor (`axum` feature, [`mod@axum`]) and a reqwest
 //!   helper (`reqwest` feature, [`RequestBuilderExt`]).
 //!
@@ -35,7 +37,10 @@ pub use verify::{
 #[cfg(feature = "client")]
 mod client;
 #[cfg(feature = "client")]
-pub use client::{Auth, ConfigError, TokenClient, TokenClientBuilder, TokenError};
+pub use client::{
+    Auth, CertificateStatus, ConfigError, JoinBuilder, KeyType, RenewalEvent, SvidError,
+    TokenClient, TokenClientBuilder, TokenError,
+};
 
 #[cfg(feature = "reqwest")]
 pub mod reqwest_ext;

@@ -1,16 +1,54 @@
 //! The workload's private key: parsed once from PKCS#8 into a ring key pair whose
 //! algorithm is fixed by the key itself (P-256 signs ES256, Ed25519 signs EdDSA), then
-//! used for every assertion.
+//! used for every assertion; or generated in memory for a client built from a join
+//! token, never written anywhere.
 
 use std::fmt;
 
 use baton_proto::claims::JwsAlgorithm;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
-use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use zeroize::Zeroizing;
 
 use super::error::{ConfigError, TokenError};
+
+/// The type of key a [`TokenClient`](crate::TokenClient) built from a join token
+/// generates for itself, at start and at every renewal.
+///
+/// ```
+/// use baton_sdk::KeyType;
+/// assert_eq!(KeyType::default(), KeyType::EcP256);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum KeyType {
+    /// ECDSA on P-256: assertions signed ES256, which every JOSE library verifies.
+    #[default]
+    EcP256,
+    /// Ed25519: assertions signed EdDSA.
+    Ed25519,
+}
+
+/// A freshly generated key: parsed for signing, and its PKCS#8 DER for rustls (mTLS)
+/// and for the certificate signing request. The DER is wiped when dropped.
+pub(crate) type Generated = (WorkloadKey, Zeroizing<PrivateKeyDer<'static>>);
+
+/// Generates a new private key of `key_type` in memory.
+pub(crate) fn generate(key_type: KeyType, rng: &SystemRandom) -> Result<Generated, TokenError> {
+    // ring's PKCS#8 document is not wiped on drop: copy it out and drop it at once.
+    let der = match key_type {
+        KeyType::EcP256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, rng)
+            .map(|doc| doc.as_ref().to_vec()),
+        KeyType::Ed25519 => Ed25519KeyPair::generate_pkcs8(rng).map(|doc| doc.as_ref().to_vec()),
+    }
+    .map_err(|_| TokenError::KeyGeneration)?;
+    let der = Zeroizing::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)));
+    let key =
+        WorkloadKey::from_pkcs8(der.secret_der(), rng).map_err(|_| TokenError::KeyGeneration)?;
+    Ok((key, der))
+}
 
 /// A parsed workload signing key.
 pub(crate) enum WorkloadKey {
@@ -68,11 +106,13 @@ impl WorkloadKey {
     }
 }
 
-/// The PKCS#8 DER of the first private key in `pem`.
-pub(crate) fn pkcs8_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, ConfigError> {
-    let key = PrivateKeyDer::from_pem_slice(pem)
-        .map_err(|_| ConfigError::Key("no PEM private key found"))?;
-    match key {
+/// The PKCS#8 DER of the first private key in `pem`, wiped when dropped.
+pub(crate) fn pkcs8_from_pem(pem: &[u8]) -> Result<Zeroizing<PrivateKeyDer<'static>>, ConfigError> {
+    let key = Zeroizing::new(
+        PrivateKeyDer::from_pem_slice(pem)
+            .map_err(|_| ConfigError::Key("no PEM private key found"))?,
+    );
+    match *key {
         PrivateKeyDer::Pkcs8(_) => Ok(key),
         _ => Err(ConfigError::Key(
             "the key must be PKCS#8 (BEGIN PRIVATE KEY); convert it with `openssl pkcs8 -topk8 -nocrypt`",
@@ -98,6 +138,24 @@ mod tests {
             assert_eq!(key.public_key(), pair.public_key_raw());
             assert!(key.sign(b"message", &rng).is_ok());
             assert!(!format!("{key:?}").contains(&format!("{:?}", der.secret_der())));
+        }
+    }
+
+    #[test]
+    fn generated_keys_have_the_asked_type_and_differ_each_time() {
+        let rng = SystemRandom::new();
+        for (key_type, alg) in [
+            (KeyType::EcP256, JwsAlgorithm::Es256),
+            (KeyType::Ed25519, JwsAlgorithm::EdDsa),
+        ] {
+            let (key, der) = generate(key_type, &rng).unwrap();
+            assert_eq!(key.alg(), alg);
+            assert!(matches!(*der, PrivateKeyDer::Pkcs8(_)));
+            // The DER parses back to the same key.
+            let again = WorkloadKey::from_pkcs8(der.secret_der(), &rng).unwrap();
+            assert_eq!(again.public_key(), key.public_key());
+            let (other, _) = generate(key_type, &rng).unwrap();
+            assert_ne!(other.public_key(), key.public_key());
         }
     }
 

@@ -1,34 +1,47 @@
 //! Caller side (SPEC §8): [`TokenClient`] gets fresh one-time tokens from a Baton
 //! issuer, attesting with the workload certificate over mTLS or with a signed RFC 7523
-//! assertion (SPEC §3), optionally from a small pool filled by batch mints.
+//! assertion (SPEC §3), optionally from a small pool filled by batch mints. Built from
+//! files, it uses that certificate as is; built from a join token, it generates its
+//! key in memory, fetches its certificate and renews it before expiry.
 //!
 //! The pieces, one job each: `identity` parses and checks the certificate and key,
-//! `key` holds the parsed ring key, `assertion` signs assertions, `transport` speaks
-//! HTTPS to the token endpoint, `pool` keeps prefetched tokens.
+//! `key` holds the parsed ring key or generates one, `csr` writes certificate requests,
+//! `svid` checks the certificates the issuer sends, `assertion` signs assertions,
+//! `transport` speaks HTTPS to the token and SVID endpoints, `pool` keeps prefetched
+//! tokens, `join` builds a client from a join token, `renew` keeps its certificate
+//! fresh.
 
 mod assertion;
+mod csr;
 mod error;
 mod identity;
+mod join;
 mod key;
 mod pool;
+mod renew;
+mod svid;
 mod transport;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_proto::SpiffeId;
 use baton_proto::claims::{CLIENT_ASSERTION_TYPE, GRANT_TYPE_CLIENT_CREDENTIALS, MAX_BATCH_COUNT};
-use baton_proto::metadata::TOKEN_PATH;
+use baton_proto::metadata::{SVID_PATH, TOKEN_PATH};
 use baton_proto::requests::TokenRequest;
 use ring::rand::SystemRandom;
 
-pub use error::{ConfigError, TokenError};
+pub use error::{ConfigError, SvidError, TokenError};
+pub use join::JoinBuilder;
+pub use key::KeyType;
+pub use renew::{CertificateStatus, RenewalEvent};
 
 use assertion::AssertionSigner;
 use identity::WorkloadIdentity;
 use pool::Pool;
-use transport::TokenEndpoint;
+use renew::Renewal;
+use transport::{Endpoints, Urls};
 
 /// Default for [`TokenClientBuilder::min_remaining`].
 const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(10);
@@ -57,8 +70,11 @@ pub enum Auth {
 /// Gets fresh one-time tokens for this workload from a Baton issuer.
 ///
 /// Built once from the workload certificate chain, its private key, the trust bundle
-/// and the issuer URL; cheap to clone (clones share one HTTPS connection pool, the
-/// parsed key and the token pool) and safe to use from many tasks at once.
+/// and the issuer URL ([`builder`](Self::builder)), or from a join token
+/// ([`join`](Self::join)), in which case it also renews its certificate in the
+/// background for as long as any clone of it lives. Cheap to clone (clones share one
+/// HTTPS connection pool, the parsed key, the token pool and the renewal) and safe to
+/// use from many tasks at once.
 ///
 /// ```no_run
 /// use baton_sdk::{Auth, SpiffeId, TokenClient};
@@ -89,10 +105,141 @@ pub struct TokenClient {
 struct Inner {
     id: SpiffeId,
     issuer: String,
-    endpoint: TokenEndpoint,
+    auth: Auth,
+    /// Everything that depends on the certificate, replaced whole on renewal. A mint
+    /// loads the `Arc` once and uses it to the end, so it never mixes two certificates.
+    credentials: RwLock<Arc<Credentials>>,
+    pool: Option<Pool>,
+    /// Present on a client built from a join token.
+    renewal: Option<Renewal>,
+}
+
+/// What a client attests with: one certificate's HTTPS client and assertion signer.
+struct Credentials {
+    /// The HTTPS client: for mTLS it presents the certificate.
+    endpoints: Endpoints,
     /// `None` for mTLS, where the HTTPS client itself carries the certificate.
     signer: Option<AssertionSigner>,
-    pool: Option<Pool>,
+    serial: String,
+    not_after: i64,
+}
+
+/// What building credentials for a new certificate needs besides the certificate.
+#[derive(Debug)]
+struct Transport {
+    roots: rustls::RootCertStore,
+    urls: Urls,
+    timeout: Duration,
+}
+
+impl Credentials {
+    /// The credentials of `identity` for attesting with `auth` to `issuer`. An
+    /// assertion client presents no certificate, so it reuses `plain` when given.
+    fn new(
+        auth: Auth,
+        identity: WorkloadIdentity,
+        issuer: &str,
+        transport: &Transport,
+        plain: Option<reqwest::Client>,
+    ) -> Result<Self, TokenError> {
+        let WorkloadIdentity {
+            id,
+            chain,
+            key,
+            key_der,
+            serial,
+            not_after,
+        } = identity;
+        // Each client keeps only what its method needs: mTLS hands the key to rustls,
+        // assertions keep the parsed ring key and present no certificate.
+        let (http, signer) = match auth {
+            Auth::Mtls => (
+                transport::https_client(
+                    transport.roots.clone(),
+                    Some((chain, key_der.clone_key())),
+                    transport.timeout,
+                )?,
+                None,
+            ),
+            Auth::Assertion => {
+                let signer = AssertionSigner::new(id, key, &chain, issuer.to_owned())?;
+                let http = match plain {
+                    Some(http) => http,
+                    None => {
+                        transport::https_client(transport.roots.clone(), None, transport.timeout)?
+                    }
+                };
+                (http, Some(signer))
+            }
+        };
+        Ok(Self {
+            endpoints: Endpoints::new(http, transport.urls.clone()),
+            signer,
+            serial,
+            not_after,
+        })
+    }
+}
+
+impl Inner {
+    fn new(
+        id: SpiffeId,
+        issuer: String,
+        auth: Auth,
+        credentials: Credentials,
+        options: &Options,
+        renewal: Option<Renewal>,
+    ) -> Self {
+        Self {
+            id,
+            issuer,
+            auth,
+            credentials: RwLock::new(Arc::new(credentials)),
+            pool: (options.pool > 1).then(|| Pool::new(options.pool, options.min_remaining)),
+            renewal,
+        }
+    }
+
+    /// The credentials in use now.
+    fn credentials(&self) -> Arc<Credentials> {
+        Arc::clone(
+            &self
+                .credentials
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Puts renewed credentials in use; mints in flight keep the ones they loaded.
+    fn swap(&self, credentials: Credentials) {
+        let mut current = self
+            .credentials
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = std::mem::replace(&mut *current, Arc::new(credentials));
+        drop(current);
+        // The old HTTPS client (and its connections) goes once its last mint is done,
+        // never while the lock is held.
+        drop(previous);
+    }
+
+    fn status(&self) -> CertificateStatus {
+        let credentials = self.credentials();
+        let mut status = CertificateStatus {
+            id: self.id.clone(),
+            serial: credentials.serial.clone(),
+            not_after: credentials.not_after,
+            auto_renew: false,
+            renewals: 0,
+            consecutive_failures: 0,
+            last_error: None,
+            next_attempt: None,
+        };
+        if let Some(renewal) = &self.renewal {
+            renewal.describe(&mut status);
+        }
+        status
+    }
 }
 
 impl fmt::Debug for TokenClient {
@@ -101,15 +248,39 @@ impl fmt::Debug for TokenClient {
         f.debug_struct("TokenClient")
             .field("id", &inner.id)
             .field("issuer", &inner.issuer)
-            .field(
-                "auth",
-                &match inner.signer {
-                    None => Auth::Mtls,
-                    Some(_) => Auth::Assertion,
-                },
-            )
+            .field("auth", &inner.auth)
             .field("pool", &inner.pool.is_some())
+            .field("auto_renew", &inner.renewal.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// The options both builders share.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    auth: Auth,
+    pool: u8,
+    min_remaining: Duration,
+    timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            auth: Auth::default(),
+            pool: 0,
+            min_remaining: DEFAULT_MIN_REMAINING,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl Options {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.pool > MAX_BATCH_COUNT {
+            return Err(ConfigError::PoolSize(self.pool));
+        }
+        Ok(())
     }
 }
 
@@ -146,11 +317,43 @@ impl TokenClient {
             issuer_url: issuer_url.into(),
             roots: transport::trust_roots(bundle_pem),
             identity: WorkloadIdentity::from_pem(cert_chain_pem, key_pem, &rng),
-            auth: Auth::default(),
-            pool: 0,
-            min_remaining: DEFAULT_MIN_REMAINING,
-            timeout: DEFAULT_TIMEOUT,
+            options: Options::default(),
         }
+    }
+
+    /// Starts building a client that has no certificate yet: it generates its private
+    /// key in memory (never written anywhere), redeems `join_token` — the one-time
+    /// token printed by `baton enroll --id ID --join-token` — for a certificate from
+    /// `<issuer_url>/v1/svid`, and renews that certificate in the background before it
+    /// expires. Only the CA certificates of `bundle_pem` are trusted, for the issuer's
+    /// HTTPS certificate and for every workload certificate it sends.
+    ///
+    /// Nothing happens until [`JoinBuilder::connect`], which makes the one network
+    /// call. Surrounding whitespace of `join_token` (a trailing newline from a file) is
+    /// ignored; the client keeps no copy of it after `connect`, and never prints it.
+    ///
+    /// ```no_run
+    /// use baton_sdk::{Auth, TokenClient};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = TokenClient::join(
+    ///     "https://baton.example.org",
+    ///     &std::fs::read("bundle.pem")?,
+    ///     std::env::var("BATON_JOIN_TOKEN")?,
+    /// )
+    /// .auth(Auth::Mtls)
+    /// .connect()
+    /// .await?;
+    /// println!("I am {}", client.id());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn join(
+        issuer_url: impl Into<String>,
+        bundle_pem: &[u8],
+        join_token: impl Into<String>,
+    ) -> JoinBuilder {
+        JoinBuilder::new(issuer_url.into(), bundle_pem, join_token.into())
     }
 
     /// A fresh one-time token for `audience`, with no scope.
@@ -235,6 +438,34 @@ impl TokenClient {
         &self.inner.issuer
     }
 
+    /// The certificate this client attests with now, and how its renewal is going
+    /// (only a client built with [`join`](Self::join) renews).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let key = rcgen::KeyPair::generate()?;
+    /// # let mut params = rcgen::CertificateParams::default();
+    /// # params.subject_alt_names = vec![rcgen::SanType::URI("spiffe://example.org/fn/orders".try_into()?)];
+    /// # let cert = params.self_signed(&key)?;
+    /// # let (bundle, svid, svid_key) = (cert.pem(), cert.pem(), key.serialize_pem());
+    /// let client = baton_sdk::TokenClient::builder(
+    ///     "https://baton.example.org",
+    ///     bundle.as_bytes(),
+    ///     svid.as_bytes(),
+    ///     svid_key.as_bytes(),
+    /// )
+    /// .build()?;
+    /// let status = client.certificate();
+    /// assert_eq!(status.id, *client.id());
+    /// assert!(!status.auto_renew);
+    /// assert_eq!(status.renewals, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn certificate(&self) -> CertificateStatus {
+        self.inner.status()
+    }
+
     async fn token(&self, audience: &SpiffeId, scope: Option<&str>) -> Result<String, TokenError> {
         match &self.inner.pool {
             Some(pool) => {
@@ -258,8 +489,8 @@ impl TokenClient {
         scope: Option<&str>,
         count: u8,
     ) -> Result<Vec<String>, TokenError> {
-        let assertion = self
-            .inner
+        let credentials = self.inner.credentials();
+        let assertion = credentials
             .signer
             .as_ref()
             .map(|signer| signer.sign(unix_now()))
@@ -272,7 +503,7 @@ impl TokenClient {
             client_assertion_type: assertion.as_ref().map(|_| CLIENT_ASSERTION_TYPE.to_owned()),
             client_assertion: assertion,
         };
-        self.inner.endpoint.request(&form, count).await
+        credentials.endpoints.token(&form, count).await
     }
 }
 
@@ -302,20 +533,17 @@ pub struct TokenClientBuilder {
     issuer_url: String,
     roots: Result<rustls::RootCertStore, ConfigError>,
     identity: Result<WorkloadIdentity, ConfigError>,
-    auth: Auth,
-    pool: u8,
-    min_remaining: Duration,
-    timeout: Duration,
+    options: Options,
 }
 
 impl fmt::Debug for TokenClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenClientBuilder")
             .field("issuer_url", &self.issuer_url)
-            .field("auth", &self.auth)
-            .field("pool", &self.pool)
-            .field("min_remaining", &self.min_remaining)
-            .field("timeout", &self.timeout)
+            .field("auth", &self.options.auth)
+            .field("pool", &self.options.pool)
+            .field("min_remaining", &self.options.min_remaining)
+            .field("timeout", &self.options.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -330,7 +558,7 @@ impl TokenClientBuilder {
     /// # }
     /// ```
     pub fn auth(mut self, auth: Auth) -> Self {
-        self.auth = auth;
+        self.options.auth = auth;
         self
     }
 
@@ -349,7 +577,7 @@ impl TokenClientBuilder {
     /// # }
     /// ```
     pub fn pool(mut self, size: u8) -> Self {
-        self.pool = size;
+        self.options.pool = size;
         self
     }
 
@@ -364,7 +592,7 @@ impl TokenClientBuilder {
     /// # }
     /// ```
     pub fn min_remaining(mut self, min_remaining: Duration) -> Self {
-        self.min_remaining = min_remaining;
+        self.options.min_remaining = min_remaining;
         self
     }
 
@@ -377,7 +605,7 @@ impl TokenClientBuilder {
     /// # }
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.options.timeout = timeout;
         self
     }
 
@@ -397,47 +625,32 @@ impl TokenClientBuilder {
     /// leaf does not carry exactly one URI SAN that is a SPIFFE ID; the key is not a
     /// PKCS#8 P-256 or Ed25519 key, or not the leaf's; or the pool exceeds 64.
     pub fn build(self) -> Result<TokenClient, TokenError> {
-        let (issuer, endpoint) = issuer_endpoint(&self.issuer_url)?;
+        let (issuer, urls) = issuer_urls(&self.issuer_url)?;
         let roots = self.roots?;
         let identity = self.identity?;
-        if self.pool > MAX_BATCH_COUNT {
-            return Err(ConfigError::PoolSize(self.pool).into());
-        }
-        let WorkloadIdentity {
-            id,
-            chain,
-            key,
-            key_der,
-        } = identity;
-        // Each client keeps only what its method needs: mTLS hands the key to rustls,
-        // assertions keep the parsed ring key and present no certificate.
-        let (http, signer) = match self.auth {
-            Auth::Mtls => (
-                transport::https_client(roots, Some((chain, key_der)), self.timeout)?,
-                None,
-            ),
-            Auth::Assertion => {
-                let signer = AssertionSigner::new(id.clone(), key, &chain, issuer.clone())?;
-                (
-                    transport::https_client(roots, None, self.timeout)?,
-                    Some(signer),
-                )
-            }
+        self.options.check()?;
+        let id = identity.id.clone();
+        let transport = Transport {
+            roots,
+            urls,
+            timeout: self.options.timeout,
         };
+        let credentials = Credentials::new(self.options.auth, identity, &issuer, &transport, None)?;
         Ok(TokenClient {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Inner::new(
                 id,
                 issuer,
-                endpoint: TokenEndpoint::new(http, endpoint),
-                signer,
-                pool: (self.pool > 1).then(|| Pool::new(self.pool, self.min_remaining)),
-            }),
+                self.options.auth,
+                credentials,
+                &self.options,
+                None,
+            )),
         })
     }
 }
 
-/// The issuer identifier (as given, without a trailing `/`) and its token endpoint.
-fn issuer_endpoint(issuer_url: &str) -> Result<(String, reqwest::Url), ConfigError> {
+/// The issuer identifier (as given, without a trailing `/`) and its endpoints.
+fn issuer_urls(issuer_url: &str) -> Result<(String, Urls), ConfigError> {
     let issuer = issuer_url.trim_end_matches('/');
     let url =
         reqwest::Url::parse(issuer).map_err(|_| ConfigError::IssuerUrl("not an absolute URL"))?;
@@ -450,9 +663,15 @@ fn issuer_endpoint(issuer_url: &str) -> Result<(String, reqwest::Url), ConfigErr
     if url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::IssuerUrl("must not carry a query or fragment"));
     }
-    let endpoint = reqwest::Url::parse(&format!("{issuer}{TOKEN_PATH}"))
-        .map_err(|_| ConfigError::IssuerUrl("not an absolute URL"))?;
-    Ok((issuer.to_owned(), endpoint))
+    let endpoint = |path: &str| {
+        reqwest::Url::parse(&format!("{issuer}{path}"))
+            .map_err(|_| ConfigError::IssuerUrl("not an absolute URL"))
+    };
+    let urls = Urls {
+        token: endpoint(TOKEN_PATH)?,
+        svid: endpoint(SVID_PATH)?,
+    };
+    Ok((issuer.to_owned(), urls))
 }
 
 fn unix_now() -> i64 {
@@ -467,14 +686,19 @@ mod tests {
 
     #[test]
     fn issuer_identifier_loses_only_its_trailing_slash() {
-        let (issuer, endpoint) = issuer_endpoint("https://baton.example.org/").unwrap();
+        let (issuer, urls) = issuer_urls("https://baton.example.org/").unwrap();
         assert_eq!(issuer, "https://baton.example.org");
-        assert_eq!(endpoint.as_str(), "https://baton.example.org/v1/token");
-        let (issuer, endpoint) = issuer_endpoint("https://gw.example.org:8443/baton").unwrap();
+        assert_eq!(urls.token.as_str(), "https://baton.example.org/v1/token");
+        assert_eq!(urls.svid.as_str(), "https://baton.example.org/v1/svid");
+        let (issuer, urls) = issuer_urls("https://gw.example.org:8443/baton").unwrap();
         assert_eq!(issuer, "https://gw.example.org:8443/baton");
         assert_eq!(
-            endpoint.as_str(),
+            urls.token.as_str(),
             "https://gw.example.org:8443/baton/v1/token"
+        );
+        assert_eq!(
+            urls.svid.as_str(),
+            "https://gw.example.org:8443/baton/v1/svid"
         );
     }
 
@@ -488,7 +712,7 @@ mod tests {
             "https://baton.example.org?x=1",
             "https://baton.example.org#frag",
         ] {
-            let err = issuer_endpoint(url).unwrap_err();
+            let err = issuer_urls(url).unwrap_err();
             assert!(matches!(err, ConfigError::IssuerUrl(_)), "{url}");
             assert!(!err.to_string().contains("secret"));
         }

@@ -1,17 +1,19 @@
 //! The HTTPS side of the token client: one reqwest client (one connection pool) whose
 //! rustls configuration, on ring, trusts only the trust bundle and presents the workload
-//! certificate when mTLS is the attestation; and the exchange with `POST /v1/token`,
-//! mapping the issuer's answer to tokens or a typed error (SPEC §5).
+//! certificate when mTLS is the attestation; and the exchanges with `POST /v1/token`
+//! and `POST /v1/svid`, mapping the issuer's answer to tokens, a certificate, or a
+//! typed error (SPEC §5).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use baton_proto::error::ErrorBody;
-use baton_proto::requests::TokenRequest;
-use baton_proto::responses::TokenResponse;
+use baton_proto::requests::{SvidRequest, TokenRequest};
+use baton_proto::responses::{SvidResponse, TokenResponse};
 use reqwest::header::RETRY_AFTER;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
 
 use super::error::{ConfigError, TokenError};
 
@@ -71,27 +73,73 @@ pub(crate) fn https_client(
         .map_err(ConfigError::HttpClient)
 }
 
-/// The token endpoint of one issuer, reached through one HTTPS client.
-#[derive(Debug)]
-pub(crate) struct TokenEndpoint {
-    http: reqwest::Client,
-    url: reqwest::Url,
+/// The URLs of the issuer endpoints a token client calls.
+#[derive(Debug, Clone)]
+pub(crate) struct Urls {
+    /// `POST /v1/token`.
+    pub(crate) token: reqwest::Url,
+    /// `POST /v1/svid`.
+    pub(crate) svid: reqwest::Url,
 }
 
-impl TokenEndpoint {
-    pub(crate) fn new(http: reqwest::Client, url: reqwest::Url) -> Self {
-        Self { http, url }
+/// The endpoints of one issuer, reached through one HTTPS client.
+#[derive(Debug)]
+pub(crate) struct Endpoints {
+    http: reqwest::Client,
+    urls: Urls,
+}
+
+impl Endpoints {
+    pub(crate) fn new(http: reqwest::Client, urls: Urls) -> Self {
+        Self { http, urls }
     }
 
-    /// Posts `form` and returns the minted tokens, at most `count` of them.
-    pub(crate) async fn request(
+    /// The HTTPS client (cheap to clone: clones share its connection pool).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Posts `form` to the token endpoint and returns the minted tokens, at most
+    /// `count` of them.
+    pub(crate) async fn token(
         &self,
         form: &TokenRequest,
         count: u8,
     ) -> Result<Vec<String>, TokenError> {
+        let body = self.post(&self.urls.token, form).await?;
+        let response: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| TokenError::Malformed("the body is not an RFC 6749 token response"))?;
+        let tokens = match response.access_tokens {
+            Some(all) => all,
+            None => vec![response.access_token],
+        };
+        if tokens.len() > usize::from(count.max(1)) {
+            return Err(TokenError::Malformed(
+                "the issuer returned more tokens than requested",
+            ));
+        }
+        if tokens.iter().any(String::is_empty) {
+            return Err(TokenError::Malformed("the issuer returned an empty token"));
+        }
+        Ok(tokens)
+    }
+
+    /// Posts `form` to the SVID endpoint and returns its answer, unchecked.
+    pub(crate) async fn svid(&self, form: &SvidRequest) -> Result<SvidResponse, TokenError> {
+        let body = self.post(&self.urls.svid, form).await?;
+        serde_json::from_slice(&body)
+            .map_err(|_| TokenError::Malformed("the body is not an SVID response"))
+    }
+
+    /// Posts `form` to `url`: the body of a 2xx answer, or the refusal as a typed error.
+    async fn post<F: Serialize>(
+        &self,
+        url: &reqwest::Url,
+        form: &F,
+    ) -> Result<Vec<u8>, TokenError> {
         let response = self
             .http
-            .post(self.url.clone())
+            .post(url.clone())
             .form(form)
             .send()
             .await
@@ -106,22 +154,7 @@ impl TokenEndpoint {
         let body = read_limited(response).await?;
 
         if status.is_success() {
-            let body = body.ok_or(TokenError::Malformed("the response is larger than 1 MiB"))?;
-            let response: TokenResponse = serde_json::from_slice(&body)
-                .map_err(|_| TokenError::Malformed("the body is not an RFC 6749 token response"))?;
-            let tokens = match response.access_tokens {
-                Some(all) => all,
-                None => vec![response.access_token],
-            };
-            if tokens.len() > usize::from(count.max(1)) {
-                return Err(TokenError::Malformed(
-                    "the issuer returned more tokens than requested",
-                ));
-            }
-            if tokens.iter().any(String::is_empty) {
-                return Err(TokenError::Malformed("the issuer returned an empty token"));
-            }
-            return Ok(tokens);
+            return body.ok_or(TokenError::Malformed("the response is larger than 1 MiB"));
         }
 
         let status = status.as_u16();
