@@ -7,6 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod redis;
+pub use redis::RedisServer;
+
 /// Path of the `baton` binary built alongside this test (same target directory and
 /// profile). `cargo test --workspace` builds it before any test runs.
 pub fn baton_bin() -> PathBuf {
