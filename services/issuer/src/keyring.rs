@@ -41,8 +41,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::datadir::OpenDataDir;
 use crate::fsio::{self, Mode};
-use crate::pki::PkiError;
+use crate::pki::{CertificateAuthority, PkiError};
 use crate::seal::{Kek, SealError};
+use crate::shared::{SharedStore, SharedStoreError};
 
 /// Lifetime of a signing key's certificate. Rotation (a later change) must promote the
 /// `next` key before the active one's certificate runs out.
@@ -185,6 +186,251 @@ pub enum KeyringError {
         "the system random number generator failed; retry, and check the host's entropy source"
     )]
     Random,
+    /// The shared store could not be read or written; nothing changed.
+    #[error(transparent)]
+    Shared(#[from] SharedStoreError),
+    /// Another replica changed the shared keyring since this one loaded it; nothing was
+    /// written. Reload and retry.
+    #[error(
+        "another issuer replica changed the keyring at the same time; this change was not applied, retry"
+    )]
+    Conflict,
+}
+
+/// Where a keyring lives, with the CA that certifies its keys and the KEK that seals
+/// them: the data directory (embedded store) or Redis (distributed store, shared by
+/// every replica; each holds the same KEK).
+///
+/// In Redis the keyring is `{baton}:keyring:index` (the same JSON index as the file),
+/// `{baton}:keyring:generation` (bumped by every change) and one sealed envelope per
+/// key, `{baton}:keyring:key:<kid>`. A new sealed key is written first with a one-hour
+/// expiry; the change is committed by a script that replaces the index only if the
+/// generation is still the one the change started from, makes the keys it names
+/// permanent and deletes the ones it dropped — all at once, so replicas never see a
+/// half-made keyring, and of two concurrent changes exactly one applies.
+#[derive(Debug, Clone, Copy)]
+pub enum Home<'a> {
+    /// `<data-dir>/keyring/`.
+    Files(&'a OpenDataDir),
+    /// The shared store; the data directory still provides the CA and the KEK.
+    Shared(&'a OpenDataDir, &'a SharedStore),
+}
+
+impl<'a> From<&'a OpenDataDir> for Home<'a> {
+    fn from(data: &'a OpenDataDir) -> Self {
+        Self::Files(data)
+    }
+}
+
+/// Seconds a staged (written but not yet committed) sealed key lives in Redis.
+const STAGED_KEY_TTL_SECS: u64 = 3600;
+/// Replaces the index if the generation is still `ARGV[1]`; persists KEYS[3..3+ARGV[3]]
+/// (the keys the index names) and deletes the remaining KEYS (keys it dropped).
+/// Returns the new generation, or -1 when another change came first.
+const COMMIT_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[2]) or '0'
+if current ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+local keep = tonumber(ARGV[3])
+for i = 3, #KEYS do
+  if i < 3 + keep then redis.call('PERSIST', KEYS[i]) else redis.call('DEL', KEYS[i]) end
+end
+return redis.call('INCR', KEYS[2])
+";
+
+impl<'a> Home<'a> {
+    fn data(&self) -> &'a OpenDataDir {
+        match *self {
+            Self::Files(data) | Self::Shared(data, _) => data,
+        }
+    }
+
+    fn ca(&self) -> &'a CertificateAuthority {
+        self.data().ca()
+    }
+
+    fn kek(&self) -> &'a Kek {
+        self.data().kek()
+    }
+
+    /// Where the index lives, for messages.
+    fn index_location(&self) -> PathBuf {
+        match self {
+            Self::Files(data) => keyring_dir(data).join(INDEX),
+            Self::Shared(_, store) => PathBuf::from(format!(
+                "{}/{}",
+                store.url(),
+                SharedStore::key("keyring:index")
+            )),
+        }
+    }
+
+    /// Where a sealed key lives, for messages (and on disk, for files).
+    fn sealed_location(&self, kid: &str) -> PathBuf {
+        match self {
+            Self::Files(data) => sealed_path(&keyring_dir(data), kid),
+            Self::Shared(_, store) => {
+                PathBuf::from(format!("{}/{}", store.url(), shared_key_name(kid)))
+            }
+        }
+    }
+
+    /// The index and its generation, or `None` on a fresh store.
+    fn read_index(&self) -> Result<Option<(Vec<u8>, u64)>, KeyringError> {
+        match self {
+            Self::Files(data) => {
+                let path = keyring_dir(data).join(INDEX);
+                match fsio::read_bounded(&path, MAX_INDEX_BYTES) {
+                    Ok(bytes) => Ok(Some((bytes, 0))),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(KeyringError::Io { path, source }),
+                }
+            }
+            Self::Shared(_, store) => {
+                let mut conn = store.connection()?;
+                let (index, generation): (Option<Vec<u8>>, Option<u64>) = redis::cmd("MGET")
+                    .arg(SharedStore::key("keyring:index"))
+                    .arg(SharedStore::key("keyring:generation"))
+                    .query(&mut conn)
+                    .map_err(|e| store.unavailable(&e))?;
+                match index {
+                    Some(bytes) if bytes.len() as u64 > MAX_INDEX_BYTES => {
+                        Err(KeyringError::Index {
+                            path: self.index_location(),
+                            reason: "larger than 256 KiB",
+                        })
+                    }
+                    Some(bytes) => Ok(Some((bytes, generation.unwrap_or(0)))),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// The generation the store holds now (0 for files, which one issuer owns).
+    fn generation(&self) -> Result<u64, KeyringError> {
+        match self {
+            Self::Files(_) => Ok(0),
+            Self::Shared(_, store) => {
+                let mut conn = store.connection()?;
+                let generation: Option<u64> = redis::cmd("GET")
+                    .arg(SharedStore::key("keyring:generation"))
+                    .query(&mut conn)
+                    .map_err(|e| store.unavailable(&e))?;
+                Ok(generation.unwrap_or(0))
+            }
+        }
+    }
+
+    fn write_sealed(&self, kid: &str, sealed: &[u8]) -> Result<(), KeyringError> {
+        match self {
+            Self::Files(_) => {
+                let path = self.sealed_location(kid);
+                fsio::write_atomic(&path, sealed, Mode::Private).map_err(|source| {
+                    KeyringError::Seal(SealError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                })
+            }
+            Self::Shared(_, store) => {
+                let mut conn = store.connection()?;
+                redis::cmd("SET")
+                    .arg(shared_key_name(kid))
+                    .arg(sealed)
+                    .arg("EX")
+                    .arg(STAGED_KEY_TTL_SECS)
+                    .query::<()>(&mut conn)
+                    .map_err(|e| store.unavailable(&e))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn read_sealed(&self, kid: &str) -> Result<Vec<u8>, KeyringError> {
+        let path = self.sealed_location(kid);
+        match self {
+            Self::Files(_) => fsio::read_bounded(&path, MAX_SEALED_BYTES)
+                .map_err(|source| KeyringError::Seal(SealError::Io { path, source })),
+            Self::Shared(_, store) => {
+                let mut conn = store.connection()?;
+                let sealed: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(shared_key_name(kid))
+                    .query(&mut conn)
+                    .map_err(|e| store.unavailable(&e))?;
+                sealed
+                    .filter(|s| s.len() as u64 <= MAX_SEALED_BYTES)
+                    .ok_or_else(|| {
+                        KeyringError::Seal(SealError::Io {
+                            path,
+                            source: io::Error::from(io::ErrorKind::NotFound),
+                        })
+                    })
+            }
+        }
+    }
+
+    /// Makes `json` the index if the store is still at `expected`; keeps the sealed keys
+    /// of `keep`, removes those of `dropped`. Returns the new generation.
+    fn commit(
+        &self,
+        json: &[u8],
+        expected: u64,
+        keep: &[&str],
+        dropped: &[&str],
+    ) -> Result<u64, KeyringError> {
+        match self {
+            Self::Files(data) => {
+                let dir = keyring_dir(data);
+                let index_path = dir.join(INDEX);
+                // Written last: only now do all the keys it names exist (crash-safe order).
+                fsio::write_atomic(&index_path, json, Mode::Public).map_err(io_err(&index_path))?;
+                // One issuer owns the directory: every sealed file the index does not
+                // name is unreferenced now — dropped (its tokens have expired, or it was
+                // revoked) or left by a rotation that crashed before its index.
+                let _ = dropped;
+                if let Ok(files) = std::fs::read_dir(&dir) {
+                    for file in files.flatten() {
+                        let name = file.file_name();
+                        let unreferenced = name
+                            .to_string_lossy()
+                            .strip_suffix(SEALED_SUFFIX)
+                            .is_some_and(|kid| !keep.contains(&kid));
+                        if unreferenced {
+                            let _ = std::fs::remove_file(file.path());
+                        }
+                    }
+                }
+                Ok(0)
+            }
+            Self::Shared(_, store) => {
+                let mut conn = store.connection()?;
+                let script = redis::Script::new(COMMIT_SCRIPT);
+                let mut invocation = script.prepare_invoke();
+                invocation
+                    .key(SharedStore::key("keyring:index"))
+                    .key(SharedStore::key("keyring:generation"));
+                for kid in keep.iter().chain(dropped) {
+                    invocation.key(shared_key_name(kid));
+                }
+                invocation
+                    .arg(expected.to_string())
+                    .arg(json)
+                    .arg(keep.len());
+                let generation: i64 = invocation
+                    .invoke(&mut conn)
+                    .map_err(|e| store.unavailable(&e))?;
+                u64::try_from(generation).map_err(|_| KeyringError::Conflict)
+            }
+        }
+    }
+}
+
+/// Largest sealed key read: an envelope around a PKCS#8 key is well under 1 KiB.
+const MAX_SEALED_BYTES: u64 = 64 * 1024;
+
+fn shared_key_name(kid: &str) -> String {
+    SharedStore::key(&format!("keyring:key:{kid}"))
 }
 
 /// The parsed private key, held once and used for every signature (ring: parse once,
@@ -402,6 +648,8 @@ pub struct Keyring {
     keys: Vec<Arc<SigningKey>>,
     active: Arc<SigningKey>,
     jwks: Jwks,
+    /// The store's generation this keyring was loaded at (always 0 for files).
+    generation: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -435,24 +683,22 @@ impl Keyring {
     ///
     /// `alg` applies only to keys created now; an existing keyring keeps its keys. This
     /// seals, writes and fsyncs files: call it at start-up or in `spawn_blocking`.
-    pub fn load_or_init(
-        store: &OpenDataDir,
+    pub fn load_or_init<'a>(
+        home: impl Into<Home<'a>>,
         alg: JwsAlgorithm,
         now: OffsetDateTime,
     ) -> Result<Self, KeyringError> {
-        let dir = store.dir().root().join(KEYRING_DIR);
-        let index_path = dir.join(INDEX);
-        let keyring = match fsio::read_bounded(&index_path, MAX_INDEX_BYTES) {
-            Ok(bytes) => Self::load(store, &dir, &index_path, &bytes)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Self::init(store, &dir, &index_path, alg, now)?
-            }
-            Err(source) => {
-                return Err(KeyringError::Io {
-                    path: index_path,
-                    source,
-                });
-            }
+        let home = home.into();
+        let keyring = match home.read_index()? {
+            Some((bytes, generation)) => Self::load(&home, &bytes, generation)?,
+            None => match Self::init(&home, alg, now) {
+                // Another replica seeded the shared store first: use its keyring.
+                Err(KeyringError::Conflict) => match home.read_index()? {
+                    Some((bytes, generation)) => Self::load(&home, &bytes, generation)?,
+                    None => return Err(KeyringError::Conflict),
+                },
+                other => other?,
+            },
         };
         if keyring.active.alg != alg {
             tracing::warn!(
@@ -491,46 +737,38 @@ impl Keyring {
         self.keys.iter().find(|k| k.kid == kid)
     }
 
-    fn init(
-        store: &OpenDataDir,
-        dir: &Path,
-        index_path: &Path,
-        alg: JwsAlgorithm,
-        now: OffsetDateTime,
-    ) -> Result<Self, KeyringError> {
-        fsio::create_private_dir(dir).map_err(io_err(dir))?;
-        let root = store.dir().root();
-        fsio::sync_dir(root).map_err(io_err(root))?;
-        let leftovers = count_sealed_files(dir)?;
-        if leftovers > 0 {
-            // Sealed keys without an index come from a start that crashed before writing
-            // it: never published, never used, and useless without the KEK.
-            tracing::warn!(
-                count = leftovers,
-                dir = %dir.display(),
-                "ignoring sealed signing keys that no keyring index names"
-            );
+    fn init(home: &Home<'_>, alg: JwsAlgorithm, now: OffsetDateTime) -> Result<Self, KeyringError> {
+        if let Home::Files(data) = home {
+            let dir = keyring_dir(data);
+            fsio::create_private_dir(&dir).map_err(io_err(&dir))?;
+            let root = data.dir().root();
+            fsio::sync_dir(root).map_err(io_err(root))?;
+            let leftovers = count_sealed_files(&dir)?;
+            if leftovers > 0 {
+                // Sealed keys without an index come from a start that crashed before
+                // writing it: never published, never used, and useless without the KEK.
+                tracing::warn!(
+                    count = leftovers,
+                    dir = %dir.display(),
+                    "ignoring sealed signing keys that no keyring index names"
+                );
+            }
         }
 
         let created_at = now.replace_nanosecond(0).unwrap_or(now);
         let mut entries = Vec::with_capacity(2);
         for state in [KeyState::Active, KeyState::Next] {
-            entries.push(create_key(store, dir, alg, state, created_at)?);
+            entries.push(create_key(home, alg, state, created_at)?);
         }
-        let json = write_index(index_path, entries)?;
+        let keyring = Self::commit(home, entries, 0, &[])?;
         tracing::info!(%alg, "created the signing keyring: one active and one next key");
-        // Reading back what was written runs the same checks as every later start.
-        Self::load(store, dir, index_path, &json)
+        Ok(keyring)
     }
 
-    fn load(
-        store: &OpenDataDir,
-        dir: &Path,
-        index_path: &Path,
-        bytes: &[u8],
-    ) -> Result<Self, KeyringError> {
+    fn load(home: &Home<'_>, bytes: &[u8], generation: u64) -> Result<Self, KeyringError> {
+        let index_path = home.index_location();
         let bad_index = |reason| KeyringError::Index {
-            path: index_path.to_owned(),
+            path: index_path.clone(),
             reason,
         };
         let index: Index =
@@ -558,22 +796,22 @@ impl Keyring {
             .count();
         if found != 1 {
             return Err(KeyringError::ActiveCount {
-                path: index_path.to_owned(),
+                path: index_path,
                 found,
             });
         }
 
-        let checker = CertChecker::new(store)?;
+        let checker = CertChecker::new(home.ca())?;
         let mut keys = Vec::with_capacity(index.keys.len());
         for entry in index.keys {
-            keys.push(Arc::new(load_key(store.kek(), dir, &checker, entry)?));
+            keys.push(Arc::new(load_key(home, &checker, entry)?));
         }
         let active = keys
             .iter()
             .find(|k| k.state == KeyState::Active)
             .cloned()
             .ok_or(KeyringError::ActiveCount {
-                path: index_path.to_owned(),
+                path: index_path,
                 found: 0,
             })?;
         // SPEC §5: a revoked key leaves the JWKS at once.
@@ -584,7 +822,35 @@ impl Keyring {
                 .map(|k| k.jwk.clone())
                 .collect(),
         };
-        Ok(Self { keys, active, jwks })
+        Ok(Self {
+            keys,
+            active,
+            jwks,
+            generation,
+        })
+    }
+
+    /// The store generation this keyring was loaded at.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the store holds a newer keyring than this one (another replica rotated
+    /// or revoked); always `false` for files.
+    pub fn is_stale<'a>(&self, home: impl Into<Home<'a>>) -> Result<bool, KeyringError> {
+        Ok(home.into().generation()? != self.generation)
+    }
+
+    /// Loads the keyring the store holds now, without creating one.
+    pub fn reload<'a>(home: impl Into<Home<'a>>) -> Result<Self, KeyringError> {
+        let home = home.into();
+        match home.read_index()? {
+            Some((bytes, generation)) => Self::load(&home, &bytes, generation),
+            None => Err(KeyringError::Index {
+                path: home.index_location(),
+                reason: "missing",
+            }),
+        }
     }
 }
 
@@ -624,33 +890,35 @@ impl Keyring {
     /// Rotates: the oldest `next` key becomes `active`, the `active` one `retired`
     /// until `now + retire_after`, and a new `next` key of algorithm `alg` is created.
     /// Retired and revoked keys whose time has passed are dropped.
-    pub fn rotate(
+    pub fn rotate<'a>(
         &self,
-        store: &OpenDataDir,
+        home: impl Into<Home<'a>>,
         alg: JwsAlgorithm,
         now: OffsetDateTime,
         retire_after: Duration,
     ) -> Result<Self, KeyringError> {
-        let entries = self.stage_rotation(store, alg, now, retire_after)?;
-        Self::commit(store, entries)
+        let home = home.into();
+        let entries = self.stage_rotation(&home, alg, now, retire_after)?;
+        self.commit_change(&home, entries)
     }
 
     /// The first half of [`Keyring::rotate`] alone: seals the new `next` key and
     /// writes no index. Only for crash-consistency tests (`BATON_FAILPOINT`).
-    pub(crate) fn seal_next_without_index(
+    pub(crate) fn seal_next_without_index<'a>(
         &self,
-        store: &OpenDataDir,
+        home: impl Into<Home<'a>>,
         alg: JwsAlgorithm,
         now: OffsetDateTime,
         retire_after: Duration,
     ) -> Result<(), KeyringError> {
-        self.stage_rotation(store, alg, now, retire_after).map(drop)
+        self.stage_rotation(&home.into(), alg, now, retire_after)
+            .map(drop)
     }
 
     /// The rotated index, with the new `next` key already sealed on disk.
     fn stage_rotation(
         &self,
-        store: &OpenDataDir,
+        home: &Home<'_>,
         alg: JwsAlgorithm,
         now: OffsetDateTime,
         retire_after: Duration,
@@ -667,29 +935,24 @@ impl Keyring {
                 entry.retires_at = Some(retires_at);
             }
         }
-        promote_next(store, &mut entries, alg, now)?;
-        entries.push(create_key(
-            store,
-            &keyring_dir(store),
-            alg,
-            KeyState::Next,
-            now,
-        )?);
+        promote_next(home, &mut entries, alg, now)?;
+        entries.push(create_key(home, alg, KeyState::Next, now)?);
         Ok(entries)
     }
 
     /// Revokes `kid`: it leaves the JWKS at once and its tokens introspect inactive.
     /// Revoking the `active` key needs `force`, and promotes the `next` key at once;
     /// revoking the `active` or `next` key creates a new `next`.
-    pub fn revoke(
+    pub fn revoke<'a>(
         &self,
-        store: &OpenDataDir,
+        home: impl Into<Home<'a>>,
         alg: JwsAlgorithm,
         kid: &str,
         force: bool,
         now: OffsetDateTime,
         retire_after: Duration,
     ) -> Result<Self, RevokeError> {
+        let home = home.into();
         let key = self.get(kid).ok_or_else(|| RevokeError::UnknownKid {
             kid: kid.to_owned(),
         })?;
@@ -715,34 +978,28 @@ impl Keyring {
             entry.retires_at = Some(entry.retires_at.unwrap_or(0).max(retires_at));
         }
         if was == KeyState::Active {
-            promote_next(store, &mut entries, alg, now)?;
+            promote_next(&home, &mut entries, alg, now)?;
         }
         if matches!(was, KeyState::Active | KeyState::Next) {
             if entries.len() >= MAX_JWKS_KEYS {
                 return Err(KeyringError::Full.into());
             }
-            entries.push(create_key(
-                store,
-                &keyring_dir(store),
-                alg,
-                KeyState::Next,
-                now,
-            )?);
+            entries.push(create_key(&home, alg, KeyState::Next, now)?);
         }
-        Ok(Self::commit(store, entries)?)
+        Ok(self.commit_change(&home, entries)?)
     }
 
     /// Drops retired and revoked keys whose time has passed; `None` when none has.
-    pub fn purge_expired(
+    pub fn purge_expired<'a>(
         &self,
-        store: &OpenDataDir,
+        home: impl Into<Home<'a>>,
         now: OffsetDateTime,
     ) -> Result<Option<Self>, KeyringError> {
         let entries = self.live_entries(now);
         if entries.len() == self.keys.len() {
             return Ok(None);
         }
-        Self::commit(store, entries).map(Some)
+        self.commit_change(&home.into(), entries).map(Some)
     }
 
     /// Every key but retired and revoked ones whose `retires_at` has passed.
@@ -757,37 +1014,42 @@ impl Keyring {
             .collect()
     }
 
-    /// Writes the index (last, atomically), loads it back with every check, then
-    /// removes the sealed files of keys it no longer names.
-    fn commit(store: &OpenDataDir, entries: Vec<IndexEntry>) -> Result<Self, KeyringError> {
-        let dir = keyring_dir(store);
-        let index_path = dir.join(INDEX);
-        let json = write_index(&index_path, entries)?;
-        let keyring = Self::load(store, &dir, &index_path, &json)?;
-        if let Ok(files) = std::fs::read_dir(&dir) {
-            for file in files.flatten() {
-                let name = file.file_name();
-                let Some(kid) = name
-                    .to_string_lossy()
-                    .strip_suffix(SEALED_SUFFIX)
-                    .map(str::to_owned)
-                else {
-                    continue;
-                };
-                if keyring.get(&kid).is_none() {
-                    // Unreferenced now: its tokens have expired or it was revoked.
-                    let _ = std::fs::remove_file(file.path());
-                }
-            }
-        }
-        Ok(keyring)
+    /// Commits `entries` as the successor of this keyring: the sealed keys this one
+    /// holds and `entries` no longer names are removed.
+    fn commit_change(
+        &self,
+        home: &Home<'_>,
+        entries: Vec<IndexEntry>,
+    ) -> Result<Self, KeyringError> {
+        let dropped: Vec<&str> = self
+            .keys
+            .iter()
+            .map(|k| k.kid.as_str())
+            .filter(|kid| !entries.iter().any(|e| e.kid == *kid))
+            .collect();
+        Self::commit(home, entries, self.generation, &dropped)
+    }
+
+    /// Writes the index (last, atomically, if the store is still at `expected`), loads
+    /// it back with every check, and removes the sealed keys of `dropped`.
+    fn commit(
+        home: &Home<'_>,
+        entries: Vec<IndexEntry>,
+        expected: u64,
+        dropped: &[&str],
+    ) -> Result<Self, KeyringError> {
+        let kids: Vec<String> = entries.iter().map(|e| e.kid.clone()).collect();
+        let json = encode_index(&home.index_location(), entries)?;
+        let keep: Vec<&str> = kids.iter().map(String::as_str).collect();
+        let generation = home.commit(&json, expected, &keep, dropped)?;
+        Self::load(home, &json, generation)
     }
 }
 
 /// Promotes the oldest `next` key to `active`, or, should there be none (an edited
 /// index), creates an active key.
 fn promote_next(
-    store: &OpenDataDir,
+    home: &Home<'_>,
     entries: &mut Vec<IndexEntry>,
     alg: JwsAlgorithm,
     now: OffsetDateTime,
@@ -801,13 +1063,7 @@ fn promote_next(
             if entries.len() >= MAX_JWKS_KEYS {
                 return Err(KeyringError::Full);
             }
-            entries.push(create_key(
-                store,
-                &keyring_dir(store),
-                alg,
-                KeyState::Active,
-                now,
-            )?);
+            entries.push(create_key(home, alg, KeyState::Active, now)?);
         }
     }
     Ok(())
@@ -821,8 +1077,8 @@ fn keyring_dir(store: &OpenDataDir) -> PathBuf {
     store.dir().root().join(KEYRING_DIR)
 }
 
-/// Writes the index atomically (write, fsync, rename) and returns what was written.
-fn write_index(index_path: &Path, keys: Vec<IndexEntry>) -> Result<Vec<u8>, KeyringError> {
+/// The index as it is stored.
+fn encode_index(index_path: &Path, keys: Vec<IndexEntry>) -> Result<Vec<u8>, KeyringError> {
     let index = Index {
         version: INDEX_VERSION,
         keys,
@@ -832,14 +1088,11 @@ fn write_index(index_path: &Path, keys: Vec<IndexEntry>) -> Result<Vec<u8>, Keyr
         reason: "cannot be encoded",
     })?;
     json.push(b'\n');
-    // Written last: only now do all the keys it names exist (crash-safe order).
-    fsio::write_atomic(index_path, &json, Mode::Public).map_err(io_err(index_path))?;
     Ok(json)
 }
 
 fn create_key(
-    store: &OpenDataDir,
-    dir: &Path,
+    home: &Home<'_>,
     alg: JwsAlgorithm,
     state: KeyState,
     created_at: OffsetDateTime,
@@ -856,12 +1109,11 @@ fn create_key(
     let public = key_pair.public_key();
     let jwk_key = public.jwk_key().ok_or(KeyringError::Random)?;
     let kid = thumbprint(&jwk_key);
-    let cert = store
+    let cert = home
         .ca()
         .issue_token_signer(&public, SIGNING_CERT_TTL, created_at)?;
-    store
-        .kek()
-        .seal_to_file(&sealed_path(dir, &kid), &purpose(&kid), pkcs8.as_ref())?;
+    let sealed = home.kek().seal(&purpose(&kid), pkcs8.as_ref())?;
+    home.write_sealed(&kid, &sealed)?;
     Ok(IndexEntry {
         kid,
         alg,
@@ -880,12 +1132,12 @@ struct CertChecker<'a> {
 }
 
 impl<'a> CertChecker<'a> {
-    fn new(store: &'a OpenDataDir) -> Result<Self, KeyringError> {
-        let (_, ca) = X509Certificate::from_der(store.ca().cert_der())
+    fn new(authority: &'a CertificateAuthority) -> Result<Self, KeyringError> {
+        let (_, ca) = X509Certificate::from_der(authority.cert_der())
             .map_err(|_| PkiError::Ca("CA certificate does not parse"))?;
         Ok(Self {
             ca,
-            signer_id: store.ca().trust_domain().token_signer_id(),
+            signer_id: authority.trust_domain().token_signer_id(),
         })
     }
 
@@ -928,8 +1180,7 @@ impl<'a> CertChecker<'a> {
 }
 
 fn load_key(
-    kek: &Kek,
-    dir: &Path,
+    home: &Home<'_>,
     checker: &CertChecker<'_>,
     entry: IndexEntry,
 ) -> Result<SigningKey, KeyringError> {
@@ -954,7 +1205,10 @@ fn load_key(
 
     // The purpose names the kid, so a sealed file copied over another key's is refused
     // by the AEAD before its contents are even parsed.
-    let pkcs8 = kek.open_file(&sealed_path(dir, &kid), &purpose(&kid))?;
+    let sealed = home.read_sealed(&kid)?;
+    let pkcs8 = home
+        .kek()
+        .open(&home.sealed_location(&kid), &purpose(&kid), &sealed)?;
     let key_pair = KeyPair::from_pkcs8(alg, &pkcs8).ok_or_else(|| KeyringError::KeyUnusable {
         kid: kid.clone(),
         alg,
@@ -972,7 +1226,7 @@ fn load_key(
     }
     let time = |t: i64| {
         OffsetDateTime::from_unix_timestamp(t).map_err(|_| KeyringError::Index {
-            path: dir.join(INDEX),
+            path: home.index_location(),
             reason: "a time is out of range",
         })
     };
@@ -1663,7 +1917,12 @@ pub(crate) mod tests {
         let before = kids_and_states(&ring);
         // The new `next` key is sealed on disk; the process dies before the index.
         let staged = ring
-            .stage_rotation(&store, JwsAlgorithm::Es256, now(), RETIRE_AFTER)
+            .stage_rotation(
+                &Home::Files(&store),
+                JwsAlgorithm::Es256,
+                now(),
+                RETIRE_AFTER,
+            )
             .unwrap();
         let orphan = staged.last().unwrap().kid.clone();
         assert!(sealed_path(&keyring_dir(&store), &orphan).exists());
@@ -1711,5 +1970,172 @@ pub(crate) mod tests {
         let text = format!("{err} {err:?}");
         assert!(!text.contains(&STANDARD.encode(&*pkcs8)));
         assert!(!text.contains(&URL_SAFE_NO_PAD.encode(&*pkcs8)));
+    }
+}
+
+/// The keyring in the distributed store, against a real `redis-server`.
+#[cfg(test)]
+mod shared_tests {
+    use super::tests::store_in;
+    use super::*;
+    use crate::datadir::{DataDir, KekSource};
+    use crate::shared::DEFAULT_TIMEOUT;
+    use baton_tests::RedisServer;
+
+    const RETIRE_AFTER: Duration = Duration::from_secs(302);
+
+    struct Cluster {
+        _tmp: tempfile::TempDir,
+        redis: RedisServer,
+        /// Two replicas: the same trust domain and KEK, one Redis.
+        data: [OpenDataDir; 2],
+        store: SharedStore,
+    }
+
+    impl Cluster {
+        fn new() -> Cluster {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().join("d");
+            let first = store_in(&root);
+            let second = DataDir::new(&root).open(&KekSource::Dev).unwrap();
+            let redis = RedisServer::start();
+            let store = SharedStore::connect(&redis.url(), DEFAULT_TIMEOUT).unwrap();
+            Cluster {
+                _tmp: tmp,
+                redis,
+                data: [first, second],
+                store,
+            }
+        }
+
+        fn home(&self, replica: usize) -> Home<'_> {
+            Home::Shared(&self.data[replica], &self.store)
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    #[test]
+    fn replicas_starting_together_share_one_seeded_keyring() {
+        let c = Cluster::new();
+        let rings = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|i| {
+                    let home = c.home(i);
+                    scope.spawn(move || Keyring::load_or_init(home, JwsAlgorithm::Es256, now()))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(rings[0].active().kid(), rings[1].active().kid());
+        assert_eq!(rings[0].jwks(), rings[1].jwks());
+        assert_eq!(rings[0].keys().len(), 2);
+        assert_eq!(c.redis.cli(&["GET", "{baton}:keyring:generation"]), "1");
+        // Only the winner's two keys are permanent; a loser's staged keys expire.
+        let ttls: Vec<String> = rings[0]
+            .keys()
+            .iter()
+            .map(|k| c.redis.cli(&["TTL", &shared_key_name(k.kid())]))
+            .collect();
+        assert_eq!(ttls, ["-1", "-1"]);
+    }
+
+    #[test]
+    fn private_keys_are_stored_sealed() {
+        let c = Cluster::new();
+        let ring = Keyring::load_or_init(c.home(0), JwsAlgorithm::EdDsa, now()).unwrap();
+        let stored = c.redis.cli(&["GET", &shared_key_name(ring.active().kid())]);
+        let envelope: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        assert!(envelope["ciphertext"].is_string(), "{stored}");
+        assert!(!stored.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_rotation_on_one_replica_is_seen_by_the_other_and_a_stale_change_conflicts() {
+        let c = Cluster::new();
+        let a = Keyring::load_or_init(c.home(0), JwsAlgorithm::Es256, now()).unwrap();
+        let b = Keyring::load_or_init(c.home(1), JwsAlgorithm::Es256, now()).unwrap();
+        assert!(!b.is_stale(c.home(1)).unwrap());
+
+        let rotated = a
+            .rotate(c.home(0), JwsAlgorithm::Es256, now(), RETIRE_AFTER)
+            .unwrap();
+        assert!(b.is_stale(c.home(1)).unwrap());
+        let seen = Keyring::reload(c.home(1)).unwrap();
+        assert_eq!(seen.active().kid(), rotated.active().kid());
+        assert_eq!(seen.jwks(), rotated.jwks());
+        assert_eq!(seen.generation(), rotated.generation());
+
+        // Replica b rotates from what it loaded before: refused, nothing written.
+        let before = c.redis.cli(&["GET", "{baton}:keyring:index"]);
+        assert!(matches!(
+            b.rotate(c.home(1), JwsAlgorithm::Es256, now(), RETIRE_AFTER),
+            Err(KeyringError::Conflict)
+        ));
+        assert_eq!(c.redis.cli(&["GET", "{baton}:keyring:index"]), before);
+        assert_eq!(
+            Keyring::reload(c.home(0)).unwrap().active().kid(),
+            rotated.active().kid()
+        );
+    }
+
+    #[test]
+    fn revoked_and_expired_keys_leave_the_store() {
+        let c = Cluster::new();
+        let ring = Keyring::load_or_init(c.home(0), JwsAlgorithm::Es256, now()).unwrap();
+        let first = ring.active().kid().to_owned();
+        let ring = ring
+            .rotate(c.home(0), JwsAlgorithm::Es256, now(), RETIRE_AFTER)
+            .unwrap();
+        let later = now() + RETIRE_AFTER + Duration::from_secs(1);
+        let purged = ring.purge_expired(c.home(0), later).unwrap().unwrap();
+        assert!(purged.get(&first).is_none());
+        assert_eq!(c.redis.cli(&["EXISTS", &shared_key_name(&first)]), "0");
+        let next = purged
+            .keys()
+            .iter()
+            .find(|k| k.state() == KeyState::Next)
+            .unwrap()
+            .kid()
+            .to_owned();
+        let revoked = purged
+            .revoke(
+                c.home(1),
+                JwsAlgorithm::Es256,
+                &next,
+                false,
+                later,
+                RETIRE_AFTER,
+            )
+            .unwrap();
+        assert_eq!(revoked.get(&next).unwrap().state(), KeyState::Revoked);
+        assert!(revoked.jwks().keys.iter().all(|k| k.kid != next));
+        assert_eq!(Keyring::reload(c.home(0)).unwrap().jwks(), revoked.jwks());
+    }
+
+    #[test]
+    fn an_unreachable_store_is_a_typed_error_and_changes_nothing() {
+        let mut c = Cluster::new();
+        let ring = Keyring::load_or_init(c.home(0), JwsAlgorithm::Es256, now()).unwrap();
+        c.redis.kill();
+        let started = std::time::Instant::now();
+        let err = ring
+            .rotate(c.home(0), JwsAlgorithm::Es256, now(), RETIRE_AFTER)
+            .unwrap_err();
+        assert!(matches!(err, KeyringError::Shared(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(matches!(
+            Keyring::reload(c.home(1)),
+            Err(KeyringError::Shared(_))
+        ));
+        c.redis.restart();
+        // A store that lost its data is a fresh one: the keyring is seeded anew.
+        let fresh = Keyring::load_or_init(c.home(1), JwsAlgorithm::Es256, now()).unwrap();
+        assert_ne!(fresh.active().kid(), ring.active().kid());
     }
 }

@@ -22,4 +22,5 @@ pub mod pki;
 pub mod policy;
 pub mod seal;
 pub mod server;
+pub mod shared;
 pub mod svid;

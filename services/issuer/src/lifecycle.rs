@@ -10,12 +10,15 @@ use baton_proto::claims::{JwsAlgorithm, MAX_TOKEN_TTL_SECS};
 use time::OffsetDateTime;
 
 use crate::datadir::OpenDataDir;
-use crate::keyring::{KeyState, KeyringError, RevokeError};
+use crate::keyring::{Home, KeyState, KeyringError, RevokeError};
 use crate::server::Issuer;
+use crate::shared::SharedStore;
 
 /// Runs key-lifecycle steps against the data directory and publishes their result.
 pub struct KeyLifecycle {
     store: Arc<OpenDataDir>,
+    /// The distributed store holding the keyring, when there is one.
+    shared: Option<SharedStore>,
     alg: JwsAlgorithm,
     retire_after: Duration,
     jwks_max_age: Duration,
@@ -56,6 +59,7 @@ impl KeyLifecycle {
     ) -> Self {
         Self {
             store,
+            shared: None,
             alg,
             retire_after: Duration::from_secs(MAX_TOKEN_TTL_SECS) + jwks_max_age,
             jwks_max_age,
@@ -63,6 +67,20 @@ impl KeyLifecycle {
             issuer,
             lock: Mutex::new(()),
             crash_after_seal: false,
+        }
+    }
+
+    /// Keeps the keyring in the distributed store instead of the data directory.
+    pub fn with_shared_store(mut self, shared: SharedStore) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Where the keyring lives.
+    fn home(&self) -> Home<'_> {
+        match &self.shared {
+            Some(shared) => Home::Shared(&self.store, shared),
+            None => Home::Files(&self.store),
         }
     }
 
@@ -103,11 +121,11 @@ impl KeyLifecycle {
         let current = self.issuer.published();
         let keyring = current.keyring();
         let rotated = if self.crash_after_seal {
-            keyring.seal_next_without_index(&self.store, self.alg, now, self.retire_after)?;
+            keyring.seal_next_without_index(self.home(), self.alg, now, self.retire_after)?;
             tracing::error!("failpoint {FAILPOINT_ROTATE_AFTER_SEAL}: aborting mid-rotation");
             std::process::abort();
         } else {
-            keyring.rotate(&self.store, self.alg, now, self.retire_after)?
+            keyring.rotate(self.home(), self.alg, now, self.retire_after)?
         };
         tracing::info!(
             active = %rotated.active().kid(),
@@ -126,7 +144,7 @@ impl KeyLifecycle {
         let revoked =
             current
                 .keyring()
-                .revoke(&self.store, self.alg, kid, force, now, self.retire_after)?;
+                .revoke(self.home(), self.alg, kid, force, now, self.retire_after)?;
         tracing::warn!(%kid, active = %revoked.active().kid(), "revoked a signing key");
         self.issuer.publish(revoked);
         Ok(())
@@ -144,7 +162,7 @@ impl KeyLifecycle {
             .issuer
             .published()
             .keyring()
-            .purge_expired(&self.store, now)?
+            .purge_expired(self.home(), now)?
         {
             tracing::info!("dropped retired signing keys whose tokens have all expired");
             self.issuer.publish(purged);

@@ -106,7 +106,7 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     let ca = store.ca();
     let td = ca.trust_domain().clone();
 
-    let keyring = Keyring::load_or_init(&store, config.token_alg, now())?;
+    let keyring = Keyring::load_or_init(&*store, config.token_alg, now())?;
     let policy_path = config.policy.clone();
     let policy = Arc::new(match &policy_path {
         Some(path) => PolicyStore::load(path.clone(), Some(td.clone()))

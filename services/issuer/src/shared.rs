@@ -1,0 +1,135 @@
+//! The distributed store's shared state on Redis (SPEC §7 "Distributed"): what every
+//! issuer replica reads and writes besides the replay ledger — the sealed keyring and,
+//! in time, the deny list, join tokens and policy.
+//!
+//! These are rare, small operations (a rotation, a revocation, a reload, a once-a-second
+//! generation check), so they use short-lived synchronous connections with bounded
+//! connect, read and write timeouts, called off the async runtime; the hot path (the
+//! replay ledger) has its own multiplexed asynchronous connection. Every key shares the
+//! hash tag `{baton}`, so multi-key scripts stay on one slot should the store be a
+//! Redis Cluster.
+
+use std::time::Duration;
+
+/// Prefix of every key Baton keeps in Redis; the braces are a Cluster hash tag.
+pub const KEY_PREFIX: &str = "{baton}:";
+/// Default bound on connecting to Redis and on each command.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the shared store could not be used. Messages never carry the URL's password.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedStoreError {
+    /// The store URL is not a `redis://` or `rediss://` URL the client accepts.
+    #[error("store URL {url} is not usable: {reason}")]
+    Url {
+        /// The URL with any password removed.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Redis did not answer, or answered with an error.
+    #[error("the store {url} is unreachable or refused a command: {reason}")]
+    Unavailable {
+        /// The URL with any password removed.
+        url: String,
+        /// The client's error.
+        reason: String,
+    },
+}
+
+/// A Redis server shared by every issuer replica.
+#[derive(Debug, Clone)]
+pub struct SharedStore {
+    client: redis::Client,
+    /// For messages: the URL without its password.
+    url: String,
+    timeout: Duration,
+}
+
+impl SharedStore {
+    /// Checks `url` and makes sure the server answers `PING` within `timeout`.
+    pub fn connect(url: &str, timeout: Duration) -> Result<Self, SharedStoreError> {
+        let shown = redact(url);
+        let client = redis::Client::open(url).map_err(|e| SharedStoreError::Url {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let store = Self {
+            client,
+            url: shown,
+            timeout,
+        };
+        let mut conn = store.connection()?;
+        redis::cmd("PING")
+            .query::<String>(&mut conn)
+            .map_err(|e| store.unavailable(&e))?;
+        Ok(store)
+    }
+
+    /// The store's URL without its password.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A fresh connection with bounded connect, read and write times.
+    pub fn connection(&self) -> Result<redis::Connection, SharedStoreError> {
+        let conn = self
+            .client
+            .get_connection_with_timeout(self.timeout)
+            .map_err(|e| self.unavailable(&e))?;
+        conn.set_read_timeout(Some(self.timeout))
+            .and_then(|()| conn.set_write_timeout(Some(self.timeout)))
+            .map_err(|e| self.unavailable(&e))?;
+        Ok(conn)
+    }
+
+    /// An [`SharedStoreError::Unavailable`] for this store.
+    pub fn unavailable(&self, e: &redis::RedisError) -> SharedStoreError {
+        SharedStoreError::Unavailable {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// The full name of a Baton key: [`KEY_PREFIX`] + `name`.
+    pub fn key(name: &str) -> String {
+        format!("{KEY_PREFIX}{name}")
+    }
+}
+
+/// `url` with the password of its user info, if any, replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("redis://:hunter2@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:1"), "redis://127.0.0.1:1");
+        assert!(!redact("not a url hunter2").contains("hunter2"));
+        let err = SharedStore::connect("redis://:hunter2@127.0.0.1:1/0", Duration::from_secs(1))
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(matches!(err, SharedStoreError::Unavailable { .. }), "{err}");
+    }
+
+    #[test]
+    fn unusable_urls_are_named_as_such() {
+        let err = SharedStore::connect("http://127.0.0.1:1", Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, SharedStoreError::Url { .. }), "{err}");
+    }
+}
