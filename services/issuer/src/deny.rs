@@ -7,12 +7,15 @@
 //!
 //! [`DenyStore`] persists the list in the data directory (`denylist.json`, SPEC §7): a
 //! writer stores the change durably first, then publishes it to the in-memory list, so
-//! a denial the operator was told about survives a restart. (Redis, in the distributed
-//! store, will sit behind the same methods.)
+//! a denial the operator was told about survives a restart. In the distributed store
+//! the list is a Redis set, `{baton}:deny`, with a generation counter bumped by every
+//! change: a denial is written there first, and every replica picks it up with
+//! [`DenyStore::refresh`], which reads the set again only when the generation moved.
 
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -20,6 +23,7 @@ use baton_proto::SpiffeId;
 use serde::{Deserialize, Serialize};
 
 use crate::fsio::{self, Mode};
+use crate::shared::{SharedStore, SharedStoreError};
 
 /// The set of denied workload identities.
 ///
@@ -141,6 +145,14 @@ pub enum DenyFileError {
         /// The I/O error.
         source: io::Error,
     },
+    /// The shared store failed; nothing changed.
+    #[error("identity deny list: {0}")]
+    Shared(#[from] SharedStoreError),
+    /// The shared store holds something that is not a SPIFFE ID.
+    #[error(
+        "the shared identity deny list holds {0:?}, which is not a SPIFFE ID; remove it with redis-cli SREM"
+    )]
+    SharedInvalid(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -168,9 +180,21 @@ struct DenyFile {
 pub struct DenyStore {
     list: Arc<DenyList>,
     path: PathBuf,
+    /// The distributed store holding the list, when there is one.
+    shared: Option<SharedStore>,
+    /// The shared list's generation the in-memory list reflects.
+    generation: AtomicU64,
     /// Serializes writers, so two denials cannot each write a file missing the other.
     writing: Mutex<()>,
 }
+
+/// Adds ARGV[1] to the set KEYS[1]; when it was new, bumps the generation KEYS[2].
+/// Returns 1 if added, 0 if already there.
+const DENY_SCRIPT: &str = r"
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+if added == 1 then redis.call('INCR', KEYS[2]) end
+return added
+";
 
 impl DenyStore {
     /// Loads the list persisted at `path`; a missing file is an empty list. Blocking
@@ -184,8 +208,76 @@ impl DenyStore {
         Ok(Self {
             list: Arc::new(DenyList::from_ids(ids)),
             path,
+            shared: None,
+            generation: AtomicU64::new(0),
             writing: Mutex::new(()),
         })
+    }
+
+    /// The list kept in the distributed store. Denials recorded in the data directory's
+    /// file at `path` (from embedded mode) are added to it first, so moving to Redis
+    /// forgets none. Blocking I/O: call it at start-up.
+    pub fn open_shared(path: PathBuf, shared: SharedStore) -> Result<Self, DenyFileError> {
+        let local = Self::open(path)?;
+        for id in local.list.snapshot().iter() {
+            local.add_shared(&shared, id)?;
+        }
+        let store = Self {
+            shared: Some(shared),
+            ..local
+        };
+        store.refresh()?;
+        Ok(store)
+    }
+
+    /// Reloads the shared list if another replica changed it; returns whether it did.
+    /// A no-op for the embedded store. Blocking I/O.
+    pub fn refresh(&self) -> Result<bool, DenyFileError> {
+        let Some(shared) = &self.shared else {
+            return Ok(false);
+        };
+        let mut conn = shared.connection()?;
+        let generation: Option<u64> = redis::cmd("GET")
+            .arg(SharedStore::key("deny:generation"))
+            .query(&mut conn)
+            .map_err(|e| shared.unavailable(&e))?;
+        let generation = generation.unwrap_or(0);
+        if generation == self.generation.load(Ordering::Acquire) && generation != 0 {
+            return Ok(false);
+        }
+        // Read the generation again inside the transaction, so the set and the number
+        // recorded belong together.
+        let (members, generation): (Vec<String>, Option<u64>) = redis::pipe()
+            .atomic()
+            .cmd("SMEMBERS")
+            .arg(SharedStore::key("deny"))
+            .cmd("GET")
+            .arg(SharedStore::key("deny:generation"))
+            .query(&mut conn)
+            .map_err(|e| shared.unavailable(&e))?;
+        let ids = members
+            .into_iter()
+            .map(|m| {
+                m.parse::<SpiffeId>()
+                    .map_err(|_| DenyFileError::SharedInvalid(m))
+            })
+            .collect::<Result<HashSet<_>, _>>()?;
+        let changed = *self.list.snapshot() != ids;
+        self.list.replace(ids);
+        self.generation
+            .store(generation.unwrap_or(0), Ordering::Release);
+        Ok(changed)
+    }
+
+    fn add_shared(&self, shared: &SharedStore, id: &SpiffeId) -> Result<bool, DenyFileError> {
+        let mut conn = shared.connection()?;
+        let added: i64 = redis::Script::new(DENY_SCRIPT)
+            .key(SharedStore::key("deny"))
+            .key(SharedStore::key("deny:generation"))
+            .arg(id.as_str())
+            .invoke(&mut conn)
+            .map_err(|e| shared.unavailable(&e))?;
+        Ok(added == 1)
     }
 
     /// The in-memory list, to share with attestation and introspection.
@@ -203,6 +295,12 @@ impl DenyStore {
     /// runtime.
     pub fn deny(&self, id: &SpiffeId) -> Result<bool, DenyFileError> {
         let _serial = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = &self.shared {
+            let added = self.add_shared(shared, id)?;
+            // In force here at once; the other replicas follow at their next refresh.
+            self.list.insert(id);
+            return Ok(added);
+        }
         if self.list.contains(id) {
             return Ok(false);
         }
@@ -336,6 +434,49 @@ mod tests {
             assert!(matches!(err, DenyFileError::Invalid { .. }), "{bad}: {err}");
             assert!(err.to_string().contains("denylist.json"), "{err}");
         }
+    }
+
+    #[test]
+    fn shared_denials_reach_every_replica_and_keep_local_ones() {
+        let redis = baton_tests::RedisServer::start();
+        let shared = || SharedStore::connect(&redis.url(), crate::shared::DEFAULT_TIMEOUT).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let old = id("spiffe://example.org/fn/old");
+        let local = dir.path().join("denylist.json");
+        DenyStore::open(local.clone()).unwrap().deny(&old).unwrap();
+
+        let a = DenyStore::open_shared(local, shared()).unwrap();
+        let b = DenyStore::open_shared(dir.path().join("none.json"), shared()).unwrap();
+        assert!(
+            a.list().contains(&old) && b.list().contains(&old),
+            "migrated"
+        );
+
+        let orders = id("spiffe://example.org/fn/orders");
+        assert!(a.deny(&orders).unwrap());
+        assert!(
+            a.list().contains(&orders),
+            "in force where it was made at once"
+        );
+        assert!(!b.list().contains(&orders));
+        assert!(b.refresh().unwrap());
+        assert!(b.list().contains(&orders));
+        assert!(!b.refresh().unwrap(), "nothing new");
+        assert!(!b.deny(&orders).unwrap(), "already denied everywhere");
+        assert_eq!(redis.cli(&["SCARD", "{baton}:deny"]), "2");
+    }
+
+    #[test]
+    fn an_unreachable_shared_store_denies_nothing_and_says_so() {
+        let mut redis = baton_tests::RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedStore::connect(&redis.url(), crate::shared::DEFAULT_TIMEOUT).unwrap();
+        let store = DenyStore::open_shared(dir.path().join("d.json"), shared).unwrap();
+        redis.kill();
+        let orders = id("spiffe://example.org/fn/orders");
+        assert!(matches!(store.deny(&orders), Err(DenyFileError::Shared(_))));
+        assert!(!store.list().contains(&orders));
+        assert!(matches!(store.refresh(), Err(DenyFileError::Shared(_))));
     }
 
     #[test]
