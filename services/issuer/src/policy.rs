@@ -35,6 +35,8 @@ use baton_proto::error::ErrorCode;
 use baton_proto::{SpiffeId, SpiffeIdError, TrustDomain};
 use serde::{Deserialize, Serialize};
 
+use crate::shared::{SharedStore, SharedStoreError};
+
 /// Largest policy file accepted, in bytes.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 /// Most rules one policy may hold.
@@ -95,6 +97,9 @@ pub enum PolicyError {
         "no policy file is configured, so there is nothing to reload; set `policy` in the configuration or pass --policy"
     )]
     NoSource,
+    /// The shared store could not be read or written; the policy in force stays.
+    #[error("shared policy: {0}")]
+    Shared(#[from] SharedStoreError),
 }
 
 /// What is wrong with one field of a rule.
@@ -417,19 +422,7 @@ impl Policy {
 
     /// Reads and validates a policy file (at most [`MAX_POLICY_BYTES`]). Blocking I/O.
     pub fn load(path: &Path, trust_domain: Option<&TrustDomain>) -> Result<Self, PolicyError> {
-        let read_err = |source| PolicyError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_POLICY_BYTES + 1).read_to_end(&mut bytes))
-            .map_err(read_err)?;
-        if bytes.len() as u64 > MAX_POLICY_BYTES {
-            return Err(PolicyError::TooLarge);
-        }
-        let text = String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8)?;
-        Self::from_toml(&text, trust_domain)
+        Self::from_toml(&read_text(path)?, trust_domain)
     }
 
     fn index(rules: Vec<Rule>) -> Self {
@@ -703,6 +696,38 @@ fn ttl(value: &toml::Value) -> Result<Duration, RuleProblem> {
     }
 }
 
+/// Reads a policy file's text (at most [`MAX_POLICY_BYTES`]). Blocking I/O.
+fn read_text(path: &Path) -> Result<String, PolicyError> {
+    let read_err = |source| PolicyError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_POLICY_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(PolicyError::TooLarge);
+    }
+    String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8)
+}
+
+/// The version of a policy text: the first 16 hex digits of its SHA-256.
+pub fn version_of(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    crate::fsio::hex(&digest.as_ref()[..8])
+}
+
+/// Publishes ARGV[1] (text) with version ARGV[2] unless KEYS[2] already holds a version
+/// and ARGV[3] is "if-absent". Returns the version in force afterwards.
+const PUBLISH_POLICY_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[2])
+if current and ARGV[3] == 'if-absent' then return current end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+return ARGV[2]
+";
+
 /// The policy in force, swapped atomically on reload (SPEC §6: "a policy that fails to
 /// parse is refused and the old one stays").
 #[derive(Debug)]
@@ -710,6 +735,11 @@ pub struct PolicyStore {
     current: ArcSwap<Policy>,
     source: Option<PathBuf>,
     trust_domain: Option<TrustDomain>,
+    /// The distributed store every replica takes the policy from, when there is one:
+    /// `{baton}:policy` (the text) and `{baton}:policy:version`.
+    shared: Option<SharedStore>,
+    /// The version of the policy in force (`None`: not from a shared text).
+    version: Mutex<Option<String>>,
     /// Serializes reloads, so a slow reload of an older file cannot overwrite a newer one.
     reloading: Mutex<()>,
 }
@@ -722,8 +752,86 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(policy),
             source,
             trust_domain,
+            shared: None,
+            version: Mutex::new(None),
             reloading: Mutex::new(()),
         }
+    }
+
+    /// A store whose policy is shared by every replica through `shared`. If the store
+    /// holds no policy yet, this replica's (from `source`, or deny-all) is published;
+    /// otherwise the shared one is put in force — `baton policy reload` on any replica
+    /// publishes its file to all. Blocking I/O: call it at start-up.
+    pub fn open_shared(
+        source: Option<PathBuf>,
+        trust_domain: Option<TrustDomain>,
+        shared: SharedStore,
+    ) -> Result<Self, PolicyError> {
+        let text = match &source {
+            Some(path) => read_text(path)?,
+            None => String::new(),
+        };
+        let policy = Policy::from_toml(&text, trust_domain.as_ref())?;
+        let mut store = Self::new(policy, source, trust_domain);
+        let version = version_of(&text);
+        let in_force = publish(&shared, &text, &version, true)?;
+        store.shared = Some(shared);
+        if in_force == version {
+            *store.version.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(version);
+        } else {
+            tracing::warn!(
+                local = %version,
+                shared = %in_force,
+                "the shared policy differs from this replica's file and stays in force; `baton policy reload` publishes this file to every replica"
+            );
+            store.refresh()?;
+        }
+        Ok(store)
+    }
+
+    /// The version of the policy in force, when it came from (or went to) the shared
+    /// store.
+    pub fn version(&self) -> Option<String> {
+        self.version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts the shared policy in force if another replica published a new one; returns
+    /// whether it did. A no-op without a shared store. Blocking I/O.
+    pub fn refresh(&self) -> Result<bool, PolicyError> {
+        let Some(shared) = &self.shared else {
+            return Ok(false);
+        };
+        let mut conn = shared.connection()?;
+        let version: Option<String> = redis::cmd("GET")
+            .arg(SharedStore::key("policy:version"))
+            .query(&mut conn)
+            .map_err(|e| shared.unavailable(&e))?;
+        let Some(version) = version else {
+            return Ok(false);
+        };
+        if self.version().as_deref() == Some(version.as_str()) {
+            return Ok(false);
+        }
+        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let text: Option<String> = redis::cmd("GET")
+            .arg(SharedStore::key("policy"))
+            .query(&mut conn)
+            .map_err(|e| shared.unavailable(&e))?;
+        let text = text.unwrap_or_default();
+        // Whatever is stored, this replica checks it as if it were its own file.
+        let policy = Policy::from_toml(&text, self.trust_domain.as_ref())?;
+        let summary = policy.summary();
+        self.current.store(Arc::new(policy));
+        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = Some(version_of(&text));
+        tracing::info!(
+            version = %version_of(&text),
+            rules = summary.rules,
+            "policy published by another replica is now in force"
+        );
+        Ok(true)
     }
 
     /// Loads the policy file at `path` (blocking I/O); the issuer refuses to start on an
@@ -771,7 +879,17 @@ impl PolicyStore {
             return Err(PolicyError::NoSource);
         };
         let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        match Policy::load(path, self.trust_domain.as_ref()) {
+        let checked = read_text(path).and_then(|text| {
+            let policy = Policy::from_toml(&text, self.trust_domain.as_ref())?;
+            // Shared first: a policy every replica will not see is not put in force here.
+            if let Some(shared) = &self.shared {
+                let version = version_of(&text);
+                publish(shared, &text, &version, false)?;
+                *self.version.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+            }
+            Ok(policy)
+        });
+        match checked {
             Ok(policy) => {
                 let summary = policy.summary();
                 self.current.store(Arc::new(policy));
@@ -795,6 +913,25 @@ impl PolicyStore {
             }
         }
     }
+}
+
+/// Writes `text` as the shared policy (only if none is there, with `if_absent`) and
+/// returns the version in force in the store afterwards.
+fn publish(
+    shared: &SharedStore,
+    text: &str,
+    version: &str,
+    if_absent: bool,
+) -> Result<String, PolicyError> {
+    let mut conn = shared.connection()?;
+    redis::Script::new(PUBLISH_POLICY_SCRIPT)
+        .key(SharedStore::key("policy"))
+        .key(SharedStore::key("policy:version"))
+        .arg(text)
+        .arg(version)
+        .arg(if if_absent { "if-absent" } else { "always" })
+        .invoke(&mut conn)
+        .map_err(|e| PolicyError::Shared(shared.unavailable(&e)))
 }
 
 /// An error and its sources on one line, `a: b: c`.
@@ -1410,5 +1547,94 @@ mod tests {
         );
         assert_eq!(rule.max_ttl(), Some(Duration::from_secs(30)));
         assert!(p.rules()[1].caller().is_prefix());
+    }
+}
+
+/// The policy shared through Redis, against a real `redis-server`.
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+    use crate::shared::DEFAULT_TIMEOUT;
+
+    const ONE: &str =
+        "[[allow]]\ncaller = \"spiffe://example.org/a\"\naudience = \"spiffe://example.org/b\"\n";
+
+    fn id(s: &str) -> SpiffeId {
+        s.parse().unwrap()
+    }
+
+    fn allows(store: &PolicyStore, caller: &str, audience: &str) -> bool {
+        store
+            .decide(&id(caller), &id(audience), None, Duration::from_secs(60))
+            .is_ok()
+    }
+
+    #[test]
+    fn a_reload_on_one_replica_is_put_in_force_on_the_others() {
+        let redis = baton_tests::RedisServer::start();
+        let shared = || SharedStore::connect(&redis.url(), DEFAULT_TIMEOUT).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let file_a = dir.path().join("a.toml");
+        let file_b = dir.path().join("b.toml");
+        std::fs::write(&file_a, ONE).unwrap();
+        std::fs::write(&file_b, "").unwrap();
+
+        let a = PolicyStore::open_shared(Some(file_a.clone()), Some(td.clone()), shared()).unwrap();
+        // b starts later with another file: the shared policy (a's) is in force.
+        let b = PolicyStore::open_shared(Some(file_b), Some(td.clone()), shared()).unwrap();
+        assert!(allows(
+            &b,
+            "spiffe://example.org/a",
+            "spiffe://example.org/b"
+        ));
+        assert_eq!(a.version(), b.version());
+
+        let two = format!(
+            "{ONE}[[allow]]\ncaller = \"spiffe://example.org/c\"\naudience = \"spiffe://example.org/b\"\n"
+        );
+        std::fs::write(&file_a, &two).unwrap();
+        assert_eq!(a.reload().unwrap().rules, 2);
+        assert!(!allows(
+            &b,
+            "spiffe://example.org/c",
+            "spiffe://example.org/b"
+        ));
+        assert!(b.refresh().unwrap());
+        assert!(allows(
+            &b,
+            "spiffe://example.org/c",
+            "spiffe://example.org/b"
+        ));
+        assert!(!b.refresh().unwrap(), "nothing new");
+        assert_eq!(b.version(), Some(version_of(&two)));
+
+        // An invalid file is refused and not published.
+        std::fs::write(&file_a, "[[allow]]\ncaller = \"nonsense\"\n").unwrap();
+        assert!(a.reload().is_err());
+        assert!(!b.refresh().unwrap());
+        assert_eq!(
+            redis.cli(&["GET", "{baton}:policy:version"]),
+            version_of(&two)
+        );
+    }
+
+    #[test]
+    fn a_reload_the_store_cannot_take_stays_out_of_force() {
+        let mut redis = baton_tests::RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "").unwrap();
+        let shared = SharedStore::connect(&redis.url(), DEFAULT_TIMEOUT).unwrap();
+        let store = PolicyStore::open_shared(Some(file.clone()), None, shared).unwrap();
+        std::fs::write(&file, ONE).unwrap();
+        redis.kill();
+        assert!(matches!(store.reload(), Err(PolicyError::Shared(_))));
+        assert!(!allows(
+            &store,
+            "spiffe://example.org/a",
+            "spiffe://example.org/b"
+        ));
+        assert!(matches!(store.refresh(), Err(PolicyError::Shared(_))));
     }
 }
