@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mint;
 pub mod pki;
 pub mod policy;
+pub mod replica;
 pub mod seal;
 pub mod server;
 pub mod shared;
