@@ -239,7 +239,7 @@ impl DenyStore {
         let mut conn = shared.connection()?;
         let generation: Option<u64> = redis::cmd("GET")
             .arg(SharedStore::key("deny:generation"))
-            .query(&mut conn)
+            .query(&mut *conn)
             .map_err(|e| shared.unavailable(&e))?;
         let generation = generation.unwrap_or(0);
         if generation == self.generation.load(Ordering::Acquire) && generation != 0 {
@@ -253,7 +253,7 @@ impl DenyStore {
             .arg(SharedStore::key("deny"))
             .cmd("GET")
             .arg(SharedStore::key("deny:generation"))
-            .query(&mut conn)
+            .query(&mut *conn)
             .map_err(|e| shared.unavailable(&e))?;
         let ids = members
             .into_iter()
@@ -275,7 +275,7 @@ impl DenyStore {
             .key(SharedStore::key("deny"))
             .key(SharedStore::key("deny:generation"))
             .arg(id.as_str())
-            .invoke(&mut conn)
+            .invoke(&mut *conn)
             .map_err(|e| shared.unavailable(&e))?;
         Ok(added == 1)
     }

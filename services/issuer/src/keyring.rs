@@ -291,7 +291,7 @@ impl<'a> Home<'a> {
                 let (index, generation): (Option<Vec<u8>>, Option<u64>) = redis::cmd("MGET")
                     .arg(SharedStore::key("keyring:index"))
                     .arg(SharedStore::key("keyring:generation"))
-                    .query(&mut conn)
+                    .query(&mut *conn)
                     .map_err(|e| store.unavailable(&e))?;
                 match index {
                     Some(bytes) if bytes.len() as u64 > MAX_INDEX_BYTES => {
@@ -315,7 +315,7 @@ impl<'a> Home<'a> {
                 let mut conn = store.connection()?;
                 let generation: Option<u64> = redis::cmd("GET")
                     .arg(SharedStore::key("keyring:generation"))
-                    .query(&mut conn)
+                    .query(&mut *conn)
                     .map_err(|e| store.unavailable(&e))?;
                 Ok(generation.unwrap_or(0))
             }
@@ -340,7 +340,7 @@ impl<'a> Home<'a> {
                     .arg(sealed)
                     .arg("EX")
                     .arg(STAGED_KEY_TTL_SECS)
-                    .query::<()>(&mut conn)
+                    .query::<()>(&mut *conn)
                     .map_err(|e| store.unavailable(&e))?;
                 Ok(())
             }
@@ -356,7 +356,7 @@ impl<'a> Home<'a> {
                 let mut conn = store.connection()?;
                 let sealed: Option<Vec<u8>> = redis::cmd("GET")
                     .arg(shared_key_name(kid))
-                    .query(&mut conn)
+                    .query(&mut *conn)
                     .map_err(|e| store.unavailable(&e))?;
                 sealed
                     .filter(|s| s.len() as u64 <= MAX_SEALED_BYTES)
@@ -418,7 +418,7 @@ impl<'a> Home<'a> {
                     .arg(json)
                     .arg(keep.len());
                 let generation: i64 = invocation
-                    .invoke(&mut conn)
+                    .invoke(&mut *conn)
                     .map_err(|e| store.unavailable(&e))?;
                 u64::try_from(generation).map_err(|_| KeyringError::Conflict)
             }

@@ -807,7 +807,7 @@ impl PolicyStore {
         let mut conn = shared.connection()?;
         let version: Option<String> = redis::cmd("GET")
             .arg(SharedStore::key("policy:version"))
-            .query(&mut conn)
+            .query(&mut *conn)
             .map_err(|e| shared.unavailable(&e))?;
         let Some(version) = version else {
             return Ok(false);
@@ -818,7 +818,7 @@ impl PolicyStore {
         let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let text: Option<String> = redis::cmd("GET")
             .arg(SharedStore::key("policy"))
-            .query(&mut conn)
+            .query(&mut *conn)
             .map_err(|e| shared.unavailable(&e))?;
         let text = text.unwrap_or_default();
         // Whatever is stored, this replica checks it as if it were its own file.
@@ -930,7 +930,7 @@ fn publish(
         .arg(text)
         .arg(version)
         .arg(if if_absent { "if-absent" } else { "always" })
-        .invoke(&mut conn)
+        .invoke(&mut *conn)
         .map_err(|e| PolicyError::Shared(shared.unavailable(&e)))
 }
 

@@ -2,8 +2,8 @@
 //! in step with the shared store, and knows whether the store is reachable.
 //!
 //! Propagation is by polling, not pub/sub: every [`POLL_INTERVAL`] the replica reads
-//! three generation numbers (keyring, deny list, policy version) in one round trip and
-//! reloads only what moved. Polling survives reconnects and missed messages by
+//! three generation numbers (keyring, deny list, policy version) over one kept
+//! connection and reloads only what moved. Polling survives reconnects and missed messages by
 //! construction — a pub/sub message sent while a replica was reconnecting is lost, a
 //! generation number is not — and one small read a second per replica costs Redis
 //! nothing. A change made on any replica is thus served by every replica within about

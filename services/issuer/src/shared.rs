@@ -2,13 +2,15 @@
 //! issuer replica reads and writes besides the replay ledger — the sealed keyring and,
 //! in time, the deny list, join tokens and policy.
 //!
-//! These are rare, small operations (a rotation, a revocation, a reload, a once-a-second
-//! generation check), so they use short-lived synchronous connections with bounded
+//! These are rare, small operations (a rotation, a revocation, a reload, a twice-a-second
+//! generation check), so they use one reused synchronous connection with bounded
 //! connect, read and write timeouts, called off the async runtime; the hot path (the
 //! replay ledger) has its own multiplexed asynchronous connection. Every key shares the
 //! hash tag `{baton}`, so multi-key scripts stay on one slot should the store be a
 //! Redis Cluster.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Prefix of every key Baton keeps in Redis; the braces are a Cluster hash tag.
@@ -38,12 +40,52 @@ pub enum SharedStoreError {
 }
 
 /// A Redis server shared by every issuer replica.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SharedStore {
     client: redis::Client,
     /// For messages: the URL without its password.
     url: String,
     timeout: Duration,
+    /// The connection kept between operations; dropped when it breaks.
+    idle: Arc<Mutex<Option<redis::Connection>>>,
+}
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStore")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection to the shared store, returned for reuse when dropped unless it broke.
+pub struct Connection<'a> {
+    conn: Option<redis::Connection>,
+    idle: &'a Mutex<Option<redis::Connection>>,
+}
+
+impl Deref for Connection<'_> {
+    type Target = redis::Connection;
+
+    fn deref(&self) -> &redis::Connection {
+        // Present from construction until drop.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl DerefMut for Connection<'_> {
+    fn deref_mut(&mut self) -> &mut redis::Connection {
+        self.conn.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Connection<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take().filter(redis::ConnectionLike::is_open) {
+            *self.idle.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+        }
+    }
 }
 
 impl SharedStore {
@@ -58,11 +100,13 @@ impl SharedStore {
             client,
             url: shown,
             timeout,
+            idle: Arc::new(Mutex::new(None)),
         };
         let mut conn = store.connection()?;
         redis::cmd("PING")
-            .query::<String>(&mut conn)
+            .query::<String>(&mut *conn)
             .map_err(|e| store.unavailable(&e))?;
+        drop(conn);
         Ok(store)
     }
 
@@ -71,16 +115,31 @@ impl SharedStore {
         &self.url
     }
 
-    /// A fresh connection with bounded connect, read and write times.
-    pub fn connection(&self) -> Result<redis::Connection, SharedStoreError> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(self.timeout)
-            .map_err(|e| self.unavailable(&e))?;
-        conn.set_read_timeout(Some(self.timeout))
-            .and_then(|()| conn.set_write_timeout(Some(self.timeout)))
-            .map_err(|e| self.unavailable(&e))?;
-        Ok(conn)
+    /// The idle connection, or a new one, with bounded connect, read and write times.
+    /// Concurrent callers each get their own; one is kept for the next call.
+    pub fn connection(&self) -> Result<Connection<'_>, SharedStoreError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = self
+                    .client
+                    .get_connection_with_timeout(self.timeout)
+                    .map_err(|e| self.unavailable(&e))?;
+                conn.set_read_timeout(Some(self.timeout))
+                    .and_then(|()| conn.set_write_timeout(Some(self.timeout)))
+                    .map_err(|e| self.unavailable(&e))?;
+                conn
+            }
+        };
+        Ok(Connection {
+            conn: Some(conn),
+            idle: &self.idle,
+        })
     }
 
     /// An [`SharedStoreError::Unavailable`] for this store.
