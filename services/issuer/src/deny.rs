@@ -242,8 +242,18 @@ impl DenyStore {
             .query(&mut *conn)
             .map_err(|e| shared.unavailable(&e))?;
         let generation = generation.unwrap_or(0);
-        if generation == self.generation.load(Ordering::Acquire) && generation != 0 {
+        let known = self.generation.load(Ordering::Acquire);
+        if generation == known && generation != 0 {
             return Ok(false);
+        }
+        if generation == 0 && known != 0 {
+            // The store lost its data: denials are never forgotten, put ours back.
+            tracing::warn!("the shared store held no deny list; restoring this replica's");
+            drop(conn);
+            for id in self.list.snapshot().iter() {
+                self.add_shared(shared, id)?;
+            }
+            conn = shared.connection()?;
         }
         // Read the generation again inside the transaction, so the set and the number
         // recorded belong together.
@@ -463,6 +473,12 @@ mod tests {
         assert!(b.list().contains(&orders));
         assert!(!b.refresh().unwrap(), "nothing new");
         assert!(!b.deny(&orders).unwrap(), "already denied everywhere");
+        assert_eq!(redis.cli(&["SCARD", "{baton}:deny"]), "2");
+
+        // The store loses its data: the next refresh puts the denials back.
+        assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+        b.refresh().unwrap();
+        assert!(b.list().contains(&orders) && b.list().contains(&old));
         assert_eq!(redis.cli(&["SCARD", "{baton}:deny"]), "2");
     }
 

@@ -546,6 +546,9 @@ pub struct SigningKey {
     verifier: UnparsedPublicKey<Vec<u8>>,
     /// The base64url JOSE header of every token this key signs, encoded once.
     token_header_b64: String,
+    /// The sealed envelope the key was loaded from (ciphertext under the KEK), kept so a
+    /// replica can restore a shared store that lost its data.
+    sealed: Vec<u8>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -839,6 +842,24 @@ impl Keyring {
     /// or revoked); always `false` for files.
     pub fn is_stale<'a>(&self, home: impl Into<Home<'a>>) -> Result<bool, KeyringError> {
         Ok(home.into().generation()? != self.generation)
+    }
+
+    /// Writes this keyring into a shared store that holds none (Redis restarted without
+    /// persistence, or was flushed), so the replicas keep the keys their verifiers
+    /// trust. Of several replicas restoring at once, one wins and the others get
+    /// [`KeyringError::Conflict`] and reload. Blocking I/O.
+    pub fn restore<'a>(&self, home: impl Into<Home<'a>>) -> Result<Self, KeyringError> {
+        let home = home.into();
+        for key in &self.keys {
+            home.write_sealed(&key.kid, &key.sealed)?;
+        }
+        let entries = self.keys.iter().map(|k| k.to_entry()).collect();
+        Self::commit(&home, entries, 0, &[])
+    }
+
+    /// Whether the store holds no keyring at all.
+    pub fn is_missing<'a>(home: impl Into<Home<'a>>) -> Result<bool, KeyringError> {
+        Ok(home.into().read_index()?.is_none())
     }
 
     /// Loads the keyring the store holds now, without creating one.
@@ -1254,6 +1275,7 @@ fn load_key(
         key_pair,
         verifier,
         token_header_b64,
+        sealed,
     })
 }
 
@@ -2116,6 +2138,23 @@ mod shared_tests {
         assert_eq!(revoked.get(&next).unwrap().state(), KeyState::Revoked);
         assert!(revoked.jwks().keys.iter().all(|k| k.kid != next));
         assert_eq!(Keyring::reload(c.home(0)).unwrap().jwks(), revoked.jwks());
+    }
+
+    #[test]
+    fn a_replica_restores_a_store_that_lost_its_keyring() {
+        let c = Cluster::new();
+        let ring = Keyring::load_or_init(c.home(0), JwsAlgorithm::Es256, now()).unwrap();
+        assert_eq!(c.redis.cli(&["FLUSHALL"]), "OK");
+        assert!(ring.is_stale(c.home(0)).unwrap());
+        assert!(Keyring::is_missing(c.home(0)).unwrap());
+        let restored = ring.restore(c.home(0)).unwrap();
+        assert_eq!(restored.jwks(), ring.jwks());
+        // A second replica restoring at the same time loses and reloads the same keys.
+        assert!(matches!(
+            ring.restore(c.home(1)),
+            Err(KeyringError::Conflict)
+        ));
+        assert_eq!(Keyring::reload(c.home(1)).unwrap().jwks(), ring.jwks());
     }
 
     #[test]

@@ -738,8 +738,8 @@ pub struct PolicyStore {
     /// The distributed store every replica takes the policy from, when there is one:
     /// `{baton}:policy` (the text) and `{baton}:policy:version`.
     shared: Option<SharedStore>,
-    /// The version of the policy in force (`None`: not from a shared text).
-    version: Mutex<Option<String>>,
+    /// The version and text of the policy in force, when shared.
+    in_force: Mutex<Option<(String, String)>>,
     /// Serializes reloads, so a slow reload of an older file cannot overwrite a newer one.
     reloading: Mutex<()>,
 }
@@ -753,7 +753,7 @@ impl PolicyStore {
             source,
             trust_domain,
             shared: None,
-            version: Mutex::new(None),
+            in_force: Mutex::new(None),
             reloading: Mutex::new(()),
         }
     }
@@ -777,7 +777,7 @@ impl PolicyStore {
         let in_force = publish(&shared, &text, &version, true)?;
         store.shared = Some(shared);
         if in_force == version {
-            *store.version.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(version);
+            *store.in_force.get_mut().unwrap_or_else(|e| e.into_inner()) = Some((version, text));
         } else {
             tracing::warn!(
                 local = %version,
@@ -792,10 +792,20 @@ impl PolicyStore {
     /// The version of the policy in force, when it came from (or went to) the shared
     /// store.
     pub fn version(&self) -> Option<String> {
-        self.version
+        self.in_force
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(version, _)| version.clone())
+    }
+
+    /// The text of the shared policy in force here.
+    fn text(&self) -> Option<String> {
+        self.in_force
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, text)| text.clone())
     }
 
     /// Puts the shared policy in force if another replica published a new one; returns
@@ -810,6 +820,13 @@ impl PolicyStore {
             .query(&mut *conn)
             .map_err(|e| shared.unavailable(&e))?;
         let Some(version) = version else {
+            // The store lost its data: publish the policy in force here again.
+            if let Some(text) = self.text() {
+                let ours = version_of(&text);
+                drop(conn);
+                publish(shared, &text, &ours, true)?;
+                tracing::warn!(version = %ours, "the shared store held no policy; restored this replica's");
+            }
             return Ok(false);
         };
         if self.version().as_deref() == Some(version.as_str()) {
@@ -825,12 +842,13 @@ impl PolicyStore {
         let policy = Policy::from_toml(&text, self.trust_domain.as_ref())?;
         let summary = policy.summary();
         self.current.store(Arc::new(policy));
-        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = Some(version_of(&text));
+        let version = version_of(&text);
         tracing::info!(
-            version = %version_of(&text),
+            version = %version,
             rules = summary.rules,
             "policy published by another replica is now in force"
         );
+        *self.in_force.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, text));
         Ok(true)
     }
 
@@ -885,7 +903,8 @@ impl PolicyStore {
             if let Some(shared) = &self.shared {
                 let version = version_of(&text);
                 publish(shared, &text, &version, false)?;
-                *self.version.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+                *self.in_force.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((version, text.clone()));
             }
             Ok(policy)
         });
@@ -1617,6 +1636,19 @@ mod shared_tests {
             redis.cli(&["GET", "{baton}:policy:version"]),
             version_of(&two)
         );
+
+        // The store loses its data: the next refresh publishes the policy in force.
+        assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+        assert!(!b.refresh().unwrap());
+        assert_eq!(
+            redis.cli(&["GET", "{baton}:policy:version"]),
+            version_of(&two)
+        );
+        assert!(allows(
+            &b,
+            "spiffe://example.org/c",
+            "spiffe://example.org/b"
+        ));
     }
 
     #[test]
