@@ -17,11 +17,12 @@
 //! that lost its data came back — so [`consume`](ReplayLedger::consume) refuses it as
 //! [`LedgerError::Stale`]. A restart or a data loss therefore opens no replay window.
 //!
-//! [`MemoryLedger`] is the embedded store's ledger. It is used through
-//! [`ReplayLedger`], whose methods return futures so that a networked ledger (a shared
-//! Redis, next) never blocks a runtime worker.
+//! [`MemoryLedger`] is the embedded store's ledger; [`RedisLedger`] is shared by every
+//! issuer replica over one Redis. Both are used through [`ReplayLedger`], whose methods
+//! return futures so that a networked ledger never blocks a runtime worker.
 
 mod memory;
+mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +30,7 @@ use std::pin::Pin;
 use ring::digest;
 
 pub use self::memory::MemoryLedger;
+pub use self::redis::{DEFAULT_TIMEOUT, RedisConnectError, RedisLedger};
 
 /// Why a key was not recorded, or could not be looked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
