@@ -183,6 +183,11 @@ pub enum AttestError {
     /// The assertion's `jti` was already used.
     #[error("client assertion jti was already used: sign a fresh assertion for every request")]
     Replayed,
+    /// The assertion was issued (`iat`) at or before the replay ledger's epoch (an
+    /// issuer restart, or a shared store that lost its data): it may have been used
+    /// while no ledger was watching (SPEC §7).
+    #[error("assertion issued before the replay ledger's epoch; sign a fresh one")]
+    BeforeLedgerEpoch,
     /// The replay ledger cannot record the `jti`; the request must fail closed (503).
     #[error("replay ledger unavailable; retry shortly")]
     LedgerUnavailable,
@@ -220,6 +225,7 @@ impl AttestError {
             Self::AssertionNotYetValid => "assertion_not_yet_valid",
             Self::AssertionTooLong => "assertion_too_long",
             Self::Replayed => "replayed",
+            Self::BeforeLedgerEpoch => "before_ledger_epoch",
             Self::LedgerUnavailable => "ledger_unavailable",
             Self::InvalidConfig(_) => "invalid_config",
         }
@@ -278,6 +284,17 @@ impl Verdict {
             key_sha256: self.key_sha256,
         }
     }
+}
+
+/// A client assertion that passed every check but one-time use.
+struct Checked {
+    verdict: Arc<Verdict>,
+    /// Names the caller (jtis are unique per issuer of the assertion, RFC 7519
+    /// §4.1.7).
+    replay_key: String,
+    iat: i64,
+    /// Kept until the assertion stops being acceptable, exp + leeway.
+    until: i64,
 }
 
 /// Checks callers' attested identities against one trust bundle and trust domain.
@@ -364,8 +381,36 @@ impl Attestor {
     }
 
     /// Attests a caller from a `private_key_jwt` client assertion (RFC 7523 §3, SPEC §3)
-    /// and consumes its `jti`: the same assertion is accepted once.
-    pub fn attest_assertion(&self, jws: &str, now: i64) -> Result<Attested, AttestError> {
+    /// and consumes its `jti`: the same assertion is accepted once, and only if it was
+    /// issued after the replay ledger's epoch.
+    ///
+    /// Everything but the ledger is checked synchronously first; only a valid
+    /// assertion waits on the ledger.
+    pub async fn attest_assertion(&self, jws: &str, now: i64) -> Result<Attested, AttestError> {
+        let Checked {
+            verdict,
+            replay_key,
+            iat,
+            until,
+        } = self.check_assertion(jws, now)?;
+        self.ledger
+            .consume(&replay_key, Some(iat), until, now)
+            .await
+            .map_err(|e| match e {
+                LedgerError::Replayed => {
+                    // Only here is the replaying caller known (its signature verified).
+                    crate::metrics::replay_attempt("client_assertion");
+                    crate::audit::replayed(&verdict.id, "client_assertion", None);
+                    AttestError::Replayed
+                }
+                LedgerError::Stale => AttestError::BeforeLedgerEpoch,
+                LedgerError::Full | LedgerError::Unavailable => AttestError::LedgerUnavailable,
+            })?;
+        Ok(verdict.attested(AuthMethod::PrivateKeyJwt))
+    }
+
+    /// Every check of [`attest_assertion`](Self::attest_assertion) but one-time use.
+    fn check_assertion(&self, jws: &str, now: i64) -> Result<Checked, AttestError> {
         let jws = CompactJws::parse(jws, MAX_ASSERTION_BYTES)?;
         let header = &jws.header;
         let signature = jws.signature()?;
@@ -424,23 +469,15 @@ impl Attestor {
         let claims = parse_claims(&jws.payload()?)?;
         self.check_claims(&claims, &verdict.id, now)?;
 
-        // Last, so an assertion that fails any check above leaves its jti unused. The
-        // key names the caller (jtis are unique per issuer of the assertion, RFC 7519
-        // §4.1.7) and is kept until the assertion stops being acceptable, exp + leeway.
+        // The jti is consumed after this returns, so an assertion that fails any check
+        // above leaves it unused.
         let replay_key = format!("client-assertion {} {}", verdict.id, claims.jti);
-        let until = claims.exp.saturating_add(leeway());
-        self.ledger
-            .consume(&replay_key, until, now)
-            .map_err(|e| match e {
-                LedgerError::Replayed => {
-                    // Only here is the replaying caller known (its signature verified).
-                    crate::metrics::replay_attempt("client_assertion");
-                    crate::audit::replayed(&verdict.id, "client_assertion", None);
-                    AttestError::Replayed
-                }
-                LedgerError::Full => AttestError::LedgerUnavailable,
-            })?;
-        Ok(verdict.attested(AuthMethod::PrivateKeyJwt))
+        Ok(Checked {
+            verdict,
+            replay_key,
+            iat: claims.iat,
+            until: claims.exp.saturating_add(leeway()),
+        })
     }
 
     fn check_claims(
@@ -886,7 +923,9 @@ mod tests {
         let mut bundle = vec![ca.cert_der().to_vec()];
         bundle.extend(extra_bundle.iter().map(|c| c.cert_der().to_vec()));
         let deny = Arc::new(DenyList::new());
-        let ledger = Arc::new(MemoryLedger::new(ledger_capacity, NOW - 10));
+        // Started long enough ago that the epoch rule refuses none of the assertions
+        // these tests sign (the oldest `iat` is NOW - 300, a full lifetime back).
+        let ledger = Arc::new(MemoryLedger::new(ledger_capacity, NOW - 600));
         let attestor = Attestor::new(
             bundle,
             td("example.org"),
@@ -911,8 +950,8 @@ mod tests {
         URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, der))
     }
 
-    #[test]
-    fn valid_mtls_chain_is_attested_with_its_thumbprint() {
+    #[tokio::test]
+    async fn valid_mtls_chain_is_attested_with_its_thumbprint() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let attested = f.attestor.attest_mtls(&w.chain, NOW).unwrap();
@@ -930,33 +969,35 @@ mod tests {
         assert_eq!(f.attestor.attest_mtls(&w.chain, NOW + 1).unwrap(), attested);
     }
 
-    #[test]
-    fn valid_es256_assertion_is_attested() {
+    #[tokio::test]
+    async fn valid_es256_assertion_is_attested() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let attested = f
             .attestor
             .attest_assertion(&w.assertion("a1"), NOW)
+            .await
             .unwrap();
         assert_eq!(attested.id, w.id);
         assert_eq!(attested.method, AuthMethod::PrivateKeyJwt);
         assert_eq!(attested.x5t_s256, thumbprint(&w.chain[0]));
     }
 
-    #[test]
-    fn valid_eddsa_assertion_is_attested() {
+    #[tokio::test]
+    async fn valid_eddsa_assertion_is_attested() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/payments", KeyType::Ed25519);
         let attested = f
             .attestor
             .attest_assertion(&w.assertion("e1"), NOW)
+            .await
             .unwrap();
         assert_eq!(attested.id, w.id);
         assert_eq!(attested.method, AuthMethod::PrivateKeyJwt);
     }
 
-    #[test]
-    fn assertion_without_typ_or_with_rfc7523bis_typ_is_attested() {
+    #[tokio::test]
+    async fn assertion_without_typ_or_with_rfc7523bis_typ_is_attested() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         for typ in [
@@ -972,25 +1013,28 @@ mod tests {
                 }
             }
             let jws = w.sign(&header, &w.claims(&fresh_jti()));
-            assert!(f.attestor.attest_assertion(&jws, NOW).is_ok(), "{typ:?}");
+            assert!(
+                f.attestor.attest_assertion(&jws, NOW).await.is_ok(),
+                "{typ:?}"
+            );
         }
     }
 
-    #[test]
-    fn access_token_typ_is_not_a_client_assertion() {
+    #[tokio::test]
+    async fn access_token_typ_is_not_a_client_assertion() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let mut header = w.header();
         header["typ"] = json!("at+jwt");
         let jws = w.sign(&header, &w.claims(&fresh_jti()));
         assert!(matches!(
-            f.attestor.attest_assertion(&jws, NOW),
+            f.attestor.attest_assertion(&jws, NOW).await,
             Err(AttestError::MalformedAssertion(_))
         ));
     }
 
-    #[test]
-    fn chain_through_an_intermediate_is_attested_and_without_it_is_untrusted() {
+    #[tokio::test]
+    async fn chain_through_an_intermediate_is_attested_and_without_it_is_untrusted() {
         let f = fixture();
         let root_issuer = Issuer::from_ca_cert_der(
             &f.ca.cert_der().to_vec().into(),
@@ -1020,7 +1064,12 @@ mod tests {
         ));
         w.chain.push(inter.der().to_vec());
         assert_eq!(f.attestor.attest_mtls(&w.chain, NOW).unwrap().id, w.id);
-        assert!(f.attestor.attest_assertion(&w.assertion("i1"), NOW).is_ok());
+        assert!(
+            f.attestor
+                .attest_assertion(&w.assertion("i1"), NOW)
+                .await
+                .is_ok()
+        );
         // The verdict only holds while the intermediate is valid too.
         assert!(matches!(
             f.attestor.attest_mtls(&w.chain, NOW + 31 * 86_400),
@@ -1028,13 +1077,17 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn replayed_assertion_is_refused() {
+    #[tokio::test]
+    async fn replayed_assertion_is_refused() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let jws = w.assertion("once");
-        f.attestor.attest_assertion(&jws, NOW).unwrap();
-        let err = f.attestor.attest_assertion(&jws, NOW + 30).unwrap_err();
+        f.attestor.attest_assertion(&jws, NOW).await.unwrap();
+        let err = f
+            .attestor
+            .attest_assertion(&jws, NOW + 30)
+            .await
+            .unwrap_err();
         assert!(matches!(err, AttestError::Replayed));
         assert_eq!(err.reason(), "replayed");
         // A new assertion that reuses the jti is a replay too.
@@ -1043,31 +1096,77 @@ mod tests {
             c["iat"] = json!(NOW + 1);
         });
         assert!(matches!(
-            f.attestor.attest_assertion(&reused, NOW + 1),
+            f.attestor.attest_assertion(&reused, NOW + 1).await,
             Err(AttestError::Replayed)
         ));
         // Until exp + leeway, the last moment it could be accepted, it stays recorded.
         assert!(matches!(
-            f.attestor.attest_assertion(&jws, NOW + 60 + 4),
+            f.attestor.attest_assertion(&jws, NOW + 60 + 4).await,
             Err(AttestError::Replayed)
         ));
     }
 
-    #[test]
-    fn same_jti_from_two_callers_is_not_a_replay() {
+    #[tokio::test]
+    async fn assertion_issued_at_or_before_the_ledger_epoch_is_invalid_client() {
+        // The issuer consumed an assertion, then restarted: its new ledger starts empty
+        // at NOW + 5 and has never seen that jti.
+        let f = fixture();
+        let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
+        let jws = w.assertion("before-restart");
+        f.attestor.attest_assertion(&jws, NOW).await.unwrap();
+        let restarted_ledger = Arc::new(MemoryLedger::new(100, NOW + 5));
+        let restarted = Attestor::new(
+            vec![f.ca.cert_der().to_vec()],
+            td("example.org"),
+            vec![ISSUER.to_owned()],
+            Arc::clone(&f.deny),
+            restarted_ledger.clone(),
+        )
+        .unwrap();
+        // Still within its five-minute life: without the epoch rule, this replay would
+        // be accepted.
+        let err = restarted
+            .attest_assertion(&jws, NOW + 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AttestError::BeforeLedgerEpoch), "{err}");
+        assert_eq!(err.reason(), "before_ledger_epoch");
+        assert!(!err.is_unavailable(), "the caller's to fix: 401, not 503");
+        assert_eq!(
+            err.to_string(),
+            "assertion issued before the replay ledger's epoch; sign a fresh one"
+        );
+        // Issued in the epoch's own second is refused too; one second later is fresh.
+        let at_epoch = w.assertion_with(|c| c["iat"] = json!(NOW + 5));
+        assert!(matches!(
+            restarted.attest_assertion(&at_epoch, NOW + 10).await,
+            Err(AttestError::BeforeLedgerEpoch)
+        ));
+        assert!(
+            restarted_ledger.is_empty(),
+            "a stale assertion burns nothing"
+        );
+        let fresh = w.assertion_with(|c| c["iat"] = json!(NOW + 6));
+        assert!(restarted.attest_assertion(&fresh, NOW + 10).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn same_jti_from_two_callers_is_not_a_replay() {
         let f = fixture();
         let a = svid(&f.ca, "/fn/a", KeyType::EcP256);
         let b = svid(&f.ca, "/fn/b", KeyType::Ed25519);
         f.attestor
             .attest_assertion(&a.assertion("shared"), NOW)
+            .await
             .unwrap();
         f.attestor
             .attest_assertion(&b.assertion("shared"), NOW)
+            .await
             .unwrap();
     }
 
-    #[test]
-    fn failed_assertion_does_not_burn_its_jti() {
+    #[tokio::test]
+    async fn failed_assertion_does_not_burn_its_jti() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let wrong_aud = w.assertion_with(|c| {
@@ -1075,26 +1174,29 @@ mod tests {
             c["aud"] = json!("https://elsewhere.example");
         });
         assert!(matches!(
-            f.attestor.attest_assertion(&wrong_aud, NOW),
+            f.attestor.attest_assertion(&wrong_aud, NOW).await,
             Err(AttestError::WrongAudience)
         ));
         let mut tampered = w.assertion("precious");
         tampered.push('A');
-        assert!(f.attestor.attest_assertion(&tampered, NOW).is_err());
+        assert!(f.attestor.attest_assertion(&tampered, NOW).await.is_err());
         f.deny.insert(&w.id);
         assert!(matches!(
-            f.attestor.attest_assertion(&w.assertion("precious"), NOW),
+            f.attestor
+                .attest_assertion(&w.assertion("precious"), NOW)
+                .await,
             Err(AttestError::Denied { .. })
         ));
         f.deny.remove(&w.id);
         assert!(f.ledger.is_empty());
         f.attestor
             .attest_assertion(&w.assertion("precious"), NOW)
+            .await
             .unwrap();
     }
 
-    #[test]
-    fn self_signed_impostor_with_a_valid_spiffe_id_is_untrusted() {
+    #[tokio::test]
+    async fn self_signed_impostor_with_a_valid_spiffe_id_is_untrusted() {
         let f = fixture();
         let key = KeyType::EcP256.generate().unwrap();
         let mut params = CertificateParams::default();
@@ -1118,7 +1220,9 @@ mod tests {
             Err(AttestError::UntrustedChain)
         ));
         assert!(matches!(
-            f.attestor.attest_assertion(&impostor.assertion("x"), NOW),
+            f.attestor
+                .attest_assertion(&impostor.assertion("x"), NOW)
+                .await,
             Err(AttestError::UntrustedChain)
         ));
         // Only successes are cached.
@@ -1129,8 +1233,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn certificate_from_another_ca_is_untrusted() {
+    #[tokio::test]
+    async fn certificate_from_another_ca_is_untrusted() {
         let f = fixture();
         let rogue = new_ca("example.org");
         let w = svid(&rogue, "/fn/orders", KeyType::EcP256);
@@ -1147,8 +1251,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn token_signer_certificate_never_attests_as_a_workload() {
+    #[tokio::test]
+    async fn token_signer_certificate_never_attests_as_a_workload() {
         let f = fixture();
         let key = KeyType::EcP256.generate().unwrap();
         let cert =
@@ -1163,13 +1267,15 @@ mod tests {
         let err = f.attestor.attest_mtls(&signer.chain, NOW).unwrap_err();
         assert!(matches!(err, AttestError::ReservedId { .. }), "{err}");
         assert!(matches!(
-            f.attestor.attest_assertion(&signer.assertion("s"), NOW),
+            f.attestor
+                .attest_assertion(&signer.assertion("s"), NOW)
+                .await,
             Err(AttestError::ReservedId { .. })
         ));
     }
 
-    #[test]
-    fn workload_of_a_foreign_trust_domain_is_refused() {
+    #[tokio::test]
+    async fn workload_of_a_foreign_trust_domain_is_refused() {
         let other = new_ca("other.org");
         let f = fixture_with(&[&other], 1000);
         let w = svid(&other, "/fn/orders", KeyType::EcP256);
@@ -1181,8 +1287,8 @@ mod tests {
         assert_eq!(err.reason(), "foreign_trust_domain");
     }
 
-    #[test]
-    fn expired_and_not_yet_valid_certificates_are_refused() {
+    #[tokio::test]
+    async fn expired_and_not_yet_valid_certificates_are_refused() {
         let f = fixture();
         let key = KeyType::EcP256.generate().unwrap();
         let old =
@@ -1204,8 +1310,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn cached_verdict_still_expires_with_the_leaf() {
+    #[tokio::test]
+    async fn cached_verdict_still_expires_with_the_leaf() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let attested = f.attestor.attest_mtls(&w.chain, NOW).unwrap();
@@ -1225,35 +1331,36 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn denied_identity_is_refused_even_when_its_verdict_is_cached() {
+    #[tokio::test]
+    async fn denied_identity_is_refused_even_when_its_verdict_is_cached() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         f.attestor.attest_mtls(&w.chain, NOW).unwrap();
         f.attestor
             .attest_assertion(&w.assertion("d1"), NOW)
+            .await
             .unwrap();
         f.deny.insert(&w.id);
         let err = f.attestor.attest_mtls(&w.chain, NOW).unwrap_err();
         assert!(matches!(err, AttestError::Denied { .. }));
         assert_eq!(err.reason(), "denied");
         assert!(matches!(
-            f.attestor.attest_assertion(&w.assertion("d2"), NOW),
+            f.attestor.attest_assertion(&w.assertion("d2"), NOW).await,
             Err(AttestError::Denied { .. })
         ));
         f.deny.remove(&w.id);
         assert!(f.attestor.attest_mtls(&w.chain, NOW).is_ok());
     }
 
-    #[test]
-    fn ca_certificate_is_not_an_end_entity() {
+    #[tokio::test]
+    async fn ca_certificate_is_not_an_end_entity() {
         let f = fixture();
         let err = f.attestor.attest_mtls(&[f.ca.cert_der()], NOW).unwrap_err();
         assert!(matches!(err, AttestError::NotEndEntity), "{err}");
     }
 
-    #[test]
-    fn leaf_breaking_an_svid_rule_is_refused_with_that_rule() {
+    #[tokio::test]
+    async fn leaf_breaking_an_svid_rule_is_refused_with_that_rule() {
         let f = fixture();
         type Edit = fn(&mut CertificateParams);
         let cases: &[(&str, Edit, &str)] = &[
@@ -1329,12 +1436,12 @@ mod tests {
         assert!(f.attestor.attest_mtls(&w.chain, NOW).is_ok());
     }
 
-    #[test]
-    fn token_endpoint_audience_is_accepted_and_any_other_refused() {
+    #[tokio::test]
+    async fn token_endpoint_audience_is_accepted_and_any_other_refused() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let jws = w.assertion_with(|c| c["aud"] = json!(TOKEN_ENDPOINT));
-        assert!(f.attestor.attest_assertion(&jws, NOW).is_ok());
+        assert!(f.attestor.attest_assertion(&jws, NOW).await.is_ok());
         for aud in [
             json!("https://baton.example.org/"),
             json!("https://evil.example"),
@@ -1343,7 +1450,7 @@ mod tests {
             let jws = w.assertion_with(|c| c["aud"] = aud.clone());
             assert!(
                 matches!(
-                    f.attestor.attest_assertion(&jws, NOW),
+                    f.attestor.attest_assertion(&jws, NOW).await,
                     Err(AttestError::WrongAudience)
                 ),
                 "{aud}"
@@ -1351,71 +1458,71 @@ mod tests {
         }
     }
 
-    #[test]
-    fn audience_array_is_refused_even_when_it_holds_the_issuer() {
+    #[tokio::test]
+    async fn audience_array_is_refused_even_when_it_holds_the_issuer() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let jws = w.assertion_with(|c| c["aud"] = json!([ISSUER]));
-        let err = f.attestor.attest_assertion(&jws, NOW).unwrap_err();
+        let err = f.attestor.attest_assertion(&jws, NOW).await.unwrap_err();
         assert!(
             matches!(err, AttestError::MalformedAssertion(m) if m.contains("array")),
             "{err}"
         );
     }
 
-    #[test]
-    fn assertion_lifetime_over_five_minutes_is_refused() {
+    #[tokio::test]
+    async fn assertion_lifetime_over_five_minutes_is_refused() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let at_limit = w.assertion_with(|c| c["exp"] = json!(NOW + 300));
-        assert!(f.attestor.attest_assertion(&at_limit, NOW).is_ok());
+        assert!(f.attestor.attest_assertion(&at_limit, NOW).await.is_ok());
         let too_long = w.assertion_with(|c| c["exp"] = json!(NOW + 301));
         assert!(matches!(
-            f.attestor.attest_assertion(&too_long, NOW),
+            f.attestor.attest_assertion(&too_long, NOW).await,
             Err(AttestError::AssertionTooLong)
         ));
         let overflow = w.assertion_with(|c| {
             c["iat"] = json!(i64::MIN);
             c["exp"] = json!(i64::MAX);
         });
-        assert!(f.attestor.attest_assertion(&overflow, NOW).is_err());
+        assert!(f.attestor.attest_assertion(&overflow, NOW).await.is_err());
         let backwards = w.assertion_with(|c| c["exp"] = json!(NOW - 1));
-        assert!(f.attestor.attest_assertion(&backwards, NOW).is_err());
+        assert!(f.attestor.attest_assertion(&backwards, NOW).await.is_err());
     }
 
-    #[test]
-    fn assertion_times_are_checked_with_five_seconds_of_leeway() {
+    #[tokio::test]
+    async fn assertion_times_are_checked_with_five_seconds_of_leeway() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let expired = w.assertion_with(|c| c["exp"] = json!(NOW - 5));
         assert!(matches!(
-            f.attestor.attest_assertion(&expired, NOW),
+            f.attestor.attest_assertion(&expired, NOW).await,
             Err(AttestError::AssertionExpired)
         ));
         let barely = w.assertion_with(|c| {
             c["iat"] = json!(NOW - 50);
             c["exp"] = json!(NOW - 4);
         });
-        assert!(f.attestor.attest_assertion(&barely, NOW).is_ok());
+        assert!(f.attestor.attest_assertion(&barely, NOW).await.is_ok());
         let future = w.assertion_with(|c| {
             c["iat"] = json!(NOW + 6);
             c["exp"] = json!(NOW + 60);
         });
         assert!(matches!(
-            f.attestor.attest_assertion(&future, NOW),
+            f.attestor.attest_assertion(&future, NOW).await,
             Err(AttestError::AssertionNotYetValid)
         ));
         let skewed = w.assertion_with(|c| c["iat"] = json!(NOW + 5));
-        assert!(f.attestor.attest_assertion(&skewed, NOW).is_ok());
+        assert!(f.attestor.attest_assertion(&skewed, NOW).await.is_ok());
         let nbf = w.assertion_with(|c| c["nbf"] = json!(NOW + 10));
         assert!(matches!(
-            f.attestor.attest_assertion(&nbf, NOW),
+            f.attestor.attest_assertion(&nbf, NOW).await,
             Err(AttestError::AssertionNotYetValid)
         ));
     }
 
-    #[test]
-    fn alg_that_does_not_match_the_key_type_is_refused() {
+    #[tokio::test]
+    async fn alg_that_does_not_match_the_key_type_is_refused() {
         let f = fixture();
         for (key_type, claimed) in [(KeyType::EcP256, "EdDSA"), (KeyType::Ed25519, "ES256")] {
             let w = svid(&f.ca, "/fn/orders", key_type);
@@ -1423,33 +1530,33 @@ mod tests {
             header["alg"] = json!(claimed);
             let jws = w.sign(&header, &w.claims(&fresh_jti()));
             assert!(matches!(
-                f.attestor.attest_assertion(&jws, NOW),
+                f.attestor.attest_assertion(&jws, NOW).await,
                 Err(AttestError::AlgorithmMismatch)
             ));
         }
     }
 
-    #[test]
-    fn alg_none_and_hmac_are_refused() {
+    #[tokio::test]
+    async fn alg_none_and_hmac_are_refused() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         for alg in ["none", "HS256", "RS256", "es256", "ES384"] {
             let mut header = w.header();
             header["alg"] = json!(alg);
             let jws = w.sign(&header, &w.claims(&fresh_jti()));
-            let err = f.attestor.attest_assertion(&jws, NOW).unwrap_err();
+            let err = f.attestor.attest_assertion(&jws, NOW).await.unwrap_err();
             assert!(
                 matches!(err, AttestError::UnsupportedAlgorithm),
                 "{alg}: {err}"
             );
             // The classic `alg: none` form, with an empty signature.
             let unsigned = format!("{}.", jws.rsplit_once('.').unwrap().0);
-            assert!(f.attestor.attest_assertion(&unsigned, NOW).is_err());
+            assert!(f.attestor.attest_assertion(&unsigned, NOW).await.is_err());
         }
     }
 
-    #[test]
-    fn iss_and_sub_must_both_be_the_certificate_identity() {
+    #[tokio::test]
+    async fn iss_and_sub_must_both_be_the_certificate_identity() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let other = "spiffe://example.org/fn/payments";
@@ -1463,14 +1570,14 @@ mod tests {
                 c["sub"] = json!(sub);
             });
             assert!(matches!(
-                f.attestor.attest_assertion(&jws, NOW),
+                f.attestor.attest_assertion(&jws, NOW).await,
                 Err(AttestError::IssuerSubjectMismatch)
             ));
         }
     }
 
-    #[test]
-    fn tampered_assertion_is_refused() {
+    #[tokio::test]
+    async fn tampered_assertion_is_refused() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::Ed25519);
         let jws = w.assertion("t1");
@@ -1479,7 +1586,7 @@ mod tests {
         sig[0] ^= 1;
         let bad_sig = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&sig));
         assert!(matches!(
-            f.attestor.attest_assertion(&bad_sig, NOW),
+            f.attestor.attest_assertion(&bad_sig, NOW).await,
             Err(AttestError::BadSignature)
         ));
         // Swapping in other claims under the original signature.
@@ -1492,14 +1599,14 @@ mod tests {
             jws.rsplit_once('.').unwrap().1
         );
         assert!(matches!(
-            f.attestor.attest_assertion(&forged, NOW),
+            f.attestor.attest_assertion(&forged, NOW).await,
             Err(AttestError::BadSignature)
         ));
-        assert!(f.attestor.attest_assertion(&jws, NOW).is_ok());
+        assert!(f.attestor.attest_assertion(&jws, NOW).await.is_ok());
     }
 
-    #[test]
-    fn malformed_assertions_are_refused_without_echoing_them() {
+    #[tokio::test]
+    async fn malformed_assertions_are_refused_without_echoing_them() {
         let f = fixture();
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         let claims = w.claims("m");
@@ -1534,7 +1641,7 @@ mod tests {
             ("A".repeat(MAX_ASSERTION_BYTES + 1), "assertion_too_large"),
         ];
         for (jws, reason) in &cases {
-            let err = f.attestor.attest_assertion(jws, NOW).unwrap_err();
+            let err = f.attestor.attest_assertion(jws, NOW).await.unwrap_err();
             assert_eq!(err.reason(), *reason, "{err}");
             let message = err.to_string();
             if let Some((_, sig)) = jws.rsplit_once('.') {
@@ -1542,14 +1649,14 @@ mod tests {
             }
         }
         let empty_jti = w.assertion_with(|c| c["jti"] = json!(""));
-        assert!(f.attestor.attest_assertion(&empty_jti, NOW).is_err());
+        assert!(f.attestor.attest_assertion(&empty_jti, NOW).await.is_err());
         let long_jti = w.assertion_with(|c| c["jti"] = json!("j".repeat(MAX_JTI_BYTES + 1)));
-        assert!(f.attestor.attest_assertion(&long_jti, NOW).is_err());
+        assert!(f.attestor.attest_assertion(&long_jti, NOW).await.is_err());
         assert!(f.ledger.is_empty());
     }
 
-    #[test]
-    fn missing_or_oversized_chain_is_refused() {
+    #[tokio::test]
+    async fn missing_or_oversized_chain_is_refused() {
         let f = fixture();
         let none: [&[u8]; 0] = [];
         assert!(matches!(
@@ -1568,16 +1675,18 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn full_ledger_makes_attestation_unavailable_not_unauthorized() {
+    #[tokio::test]
+    async fn full_ledger_makes_attestation_unavailable_not_unauthorized() {
         let f = fixture_with(&[], 1);
         let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
         f.attestor
             .attest_assertion(&w.assertion("f1"), NOW)
+            .await
             .unwrap();
         let err = f
             .attestor
             .attest_assertion(&w.assertion("f2"), NOW)
+            .await
             .unwrap_err();
         assert!(matches!(err, AttestError::LedgerUnavailable));
         assert!(err.is_unavailable());
@@ -1586,8 +1695,8 @@ mod tests {
         assert!(f.attestor.attest_mtls(&w.chain, NOW).is_ok());
     }
 
-    #[test]
-    fn attestor_refuses_an_unusable_configuration() {
+    #[tokio::test]
+    async fn attestor_refuses_an_unusable_configuration() {
         let deny = Arc::new(DenyList::new());
         let ledger: Arc<dyn ReplayLedger> = Arc::new(MemoryLedger::new(1, NOW));
         let ca = new_ca("example.org");
@@ -1610,6 +1719,15 @@ mod tests {
         }
     }
 
+    /// Runs an attestation to completion on this thread: the memory ledger answers at
+    /// once, so no runtime beyond a current-thread one is needed.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     /// One attestor and one valid (never submitted) assertion for the property tests.
     fn shared() -> &'static (Attestor, String) {
         static SHARED: OnceLock<(Attestor, String)> = OnceLock::new();
@@ -1624,14 +1742,14 @@ mod tests {
     proptest! {
         #[test]
         fn attest_assertion_never_panics_on_arbitrary_strings(s in ".{0,2048}") {
-            let _ = shared().0.attest_assertion(&s, NOW);
+            let _ = block_on(shared().0.attest_assertion(&s, NOW));
         }
 
         #[test]
         fn attest_assertion_never_panics_on_jws_shaped_strings(
             s in "[A-Za-z0-9_-]{0,200}\\.[A-Za-z0-9_-]{0,200}\\.[A-Za-z0-9_-]{0,100}"
         ) {
-            let _ = shared().0.attest_assertion(&s, NOW);
+            let _ = block_on(shared().0.attest_assertion(&s, NOW));
         }
 
         #[test]
@@ -1644,7 +1762,7 @@ mod tests {
             let mut mutated = jws.clone();
             mutated.replace_range(i..=i, &replacement);
             prop_assume!(mutated != *jws);
-            prop_assert!(attestor.attest_assertion(&mutated, NOW).is_err());
+            prop_assert!(block_on(attestor.attest_assertion(&mutated, NOW)).is_err());
         }
     }
 }

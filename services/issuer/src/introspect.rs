@@ -5,10 +5,10 @@
 //! `typ`, `kid`) → key by `kid` → algorithm bound to that key → signature → claims
 //! (`iss`, times, lifetime, `jti`). That much makes it an authentic, current Baton
 //! token ([`Introspector::authenticate`], all revocation needs). Introspection then
-//! asks what only the issuer knows: was it minted after the ledger started, is the
-//! introspecting caller its audience, is its subject denied, is its session revoked —
-//! and last, consumes its `jti`, so a check that fails never burns the token and the
-//! audience's introspection is the token's one use.
+//! asks what only the issuer knows: is the introspecting caller its audience, is its
+//! subject denied, is its session revoked — and last, consumes its `jti`, which the
+//! ledger refuses if the token was minted at or before its epoch; so a check that
+//! fails never burns the token and the audience's introspection is the token's one use.
 //!
 //! Every failure is one [`InactiveReason`]; the HTTP layer answers all of them with the
 //! same `{"active":false}` and keeps the reason for metrics and the audit log.
@@ -79,9 +79,10 @@ pub enum InactiveReason {
     /// No `jti` (or an empty one).
     #[error("token has no jti")]
     MissingJti,
-    /// Issued at or before the replay ledger started: it may have been used while no
-    /// ledger was watching (SPEC §7).
-    #[error("token was issued before the replay ledger started")]
+    /// Issued at or before the replay ledger's epoch (an issuer restart, or a shared
+    /// store that lost its data): it may have been used while no ledger was watching
+    /// (SPEC §7).
+    #[error("token was issued before the replay ledger's epoch")]
     IssuedBeforeStart,
     /// The introspecting caller is not the token's audience.
     #[error("token is not addressed to the introspecting caller")]
@@ -138,7 +139,8 @@ impl From<LedgerError> for InactiveReason {
     fn from(e: LedgerError) -> Self {
         match e {
             LedgerError::Replayed => Self::Replayed,
-            LedgerError::Full => Self::LedgerUnavailable,
+            LedgerError::Stale => Self::IssuedBeforeStart,
+            LedgerError::Full | LedgerError::Unavailable => Self::LedgerUnavailable,
         }
     }
 }
@@ -227,9 +229,9 @@ impl Introspector {
         }
     }
 
-    /// Whether the ledger can record new entries (readiness).
-    pub fn ready(&self, now: i64) -> bool {
-        self.ledger.ready(now)
+    /// Whether the ledger can record new entries (readiness): `Ok`, or why not.
+    pub async fn ready(&self, now: i64) -> Result<(), LedgerError> {
+        self.ledger.ready(now).await
     }
 
     /// Checks that `token` is an authentic Baton access token signed by a key of
@@ -299,11 +301,11 @@ impl Introspector {
 
     /// RFC 7662 introspection of `token` by the authenticated `caller` at `now`.
     ///
-    /// Active only when the token is authentic and current, was minted after the
-    /// ledger started, is addressed to `caller`, its subject is not denied and its
-    /// session not revoked — and then this call consumes it: a second introspection,
-    /// or one racing this one, finds it [`Replayed`](InactiveReason::Replayed).
-    pub fn introspect(
+    /// Active only when the token is authentic and current, is addressed to `caller`,
+    /// its subject is not denied, its session not revoked, and it was minted after the
+    /// ledger's epoch — and then this call consumes it: a second introspection, or one
+    /// racing this one, finds it [`Replayed`](InactiveReason::Replayed).
+    pub async fn introspect(
         &self,
         keys: &Keyring,
         token: &str,
@@ -313,11 +315,6 @@ impl Introspector {
         let claims = self
             .authenticate(keys, token, now)
             .map_err(Rejection::unverified)?;
-        // SPEC §7, strictly after: with whole seconds, a token minted in the second the
-        // ledger started may predate it.
-        if claims.iat <= self.ledger.started_at() {
-            return Err(Rejection::of(InactiveReason::IssuedBeforeStart, claims));
-        }
         // Before anything with an effect: a token shown to the wrong service must stay
         // usable by its real audience.
         if &claims.aud != caller {
@@ -326,18 +323,24 @@ impl Introspector {
         if self.deny.contains(&claims.sub) {
             return Err(Rejection::of(InactiveReason::DeniedSubject, claims));
         }
-        match self.ledger.contains(&session_key(&claims.sid), now) {
+        match self.ledger.contains(&session_key(&claims.sid), now).await {
             Ok(false) => {}
             Ok(true) => return Err(Rejection::of(InactiveReason::RevokedSession, claims)),
             Err(e) => return Err(Rejection::of(e.into(), claims)),
         }
         // Last: only a token that passed every check is consumed. Kept until it can no
-        // longer be accepted, exp + leeway.
-        if let Err(e) = self.ledger.consume(
-            &token_key(&claims.jti),
-            claims.exp.saturating_add(leeway()),
-            now,
-        ) {
+        // longer be accepted, exp + leeway. The ledger refuses one minted at or before
+        // its epoch (SPEC §7), which covers a restart and a shared store's data loss.
+        if let Err(e) = self
+            .ledger
+            .consume(
+                &token_key(&claims.jti),
+                Some(claims.iat),
+                claims.exp.saturating_add(leeway()),
+                now,
+            )
+            .await
+        {
             return Err(Rejection::of(e.into(), claims));
         }
         Ok(claims)
@@ -346,7 +349,7 @@ impl Introspector {
     /// RFC 7009 revocation of `token` by the authenticated `caller` at `now`: its whole
     /// session (`sid`) introspects inactive until the token would have expired. Only the
     /// token's subject or audience may revoke it.
-    pub fn revoke(
+    pub async fn revoke(
         &self,
         keys: &Keyring,
         token: &str,
@@ -361,11 +364,15 @@ impl Introspector {
         }
         // Every token of a session is minted at once with one lifetime, so the session
         // needs remembering only as long as this token.
-        match self.ledger.mark(
-            &session_key(&claims.sid),
-            claims.exp.saturating_add(leeway()),
-            now,
-        ) {
+        match self
+            .ledger
+            .mark(
+                &session_key(&claims.sid),
+                claims.exp.saturating_add(leeway()),
+                now,
+            )
+            .await
+        {
             Ok(()) => Ok(claims),
             Err(_) => Err(RevokeError::Unavailable(Box::new(claims))),
         }
@@ -533,13 +540,21 @@ mod tests {
             self.sign(&self.header(), &claims)
         }
 
-        fn introspect_as(&self, token: &str, caller: &str) -> Result<AccessTokenClaims, Rejection> {
+        async fn introspect_as(
+            &self,
+            token: &str,
+            caller: &str,
+        ) -> Result<AccessTokenClaims, Rejection> {
             self.introspector
                 .introspect(&self.keys, token, &id(caller), self.now)
+                .await
         }
 
-        fn reason(&self, token: &str) -> InactiveReason {
-            self.introspect_as(token, PAYMENTS).unwrap_err().reason
+        async fn reason(&self, token: &str) -> InactiveReason {
+            self.introspect_as(token, PAYMENTS)
+                .await
+                .unwrap_err()
+                .reason
         }
     }
 
@@ -549,45 +564,45 @@ mod tests {
         NEXT.fetch_add(1, Ordering::Relaxed)
     }
 
-    #[test]
-    fn minted_token_is_active_once_for_its_audience_with_both_algorithms() {
+    #[tokio::test]
+    async fn minted_token_is_active_once_for_its_audience_with_both_algorithms() {
         for alg in [JwsAlgorithm::Es256, JwsAlgorithm::EdDsa] {
             let f = fixture_with(alg, 1000);
             let token = f.mint();
-            let claims = f.introspect_as(&token, PAYMENTS).unwrap();
+            let claims = f.introspect_as(&token, PAYMENTS).await.unwrap();
             assert_eq!(claims.sub.as_str(), ORDERS);
             assert_eq!(claims.aud.as_str(), PAYMENTS);
             assert_eq!(claims.scope.as_deref(), Some("payments:charge"));
-            let again = f.introspect_as(&token, PAYMENTS).unwrap_err();
+            let again = f.introspect_as(&token, PAYMENTS).await.unwrap_err();
             assert_eq!(again.reason, InactiveReason::Replayed, "{alg}");
             assert_eq!(again.claims.unwrap().jti, claims.jti);
         }
     }
 
-    #[test]
-    fn introspection_by_non_audience_is_inactive_and_does_not_consume() {
+    #[tokio::test]
+    async fn introspection_by_non_audience_is_inactive_and_does_not_consume() {
         let f = fixture();
         let token = f.mint();
-        let r = f.introspect_as(&token, LEDGER_ID).unwrap_err();
+        let r = f.introspect_as(&token, LEDGER_ID).await.unwrap_err();
         assert_eq!(r.reason, InactiveReason::WrongAudience);
         // The caller is not the audience even though it is the token's subject.
         assert_eq!(
-            f.introspect_as(&token, ORDERS).unwrap_err().reason,
+            f.introspect_as(&token, ORDERS).await.unwrap_err().reason,
             InactiveReason::WrongAudience
         );
         assert!(f.ledger.is_empty());
-        assert!(f.introspect_as(&token, PAYMENTS).is_ok());
+        assert!(f.introspect_as(&token, PAYMENTS).await.is_ok());
     }
 
-    #[test]
-    fn oversized_token_is_inactive() {
+    #[tokio::test]
+    async fn oversized_token_is_inactive() {
         let f = fixture();
         let token = f.with_claims(|c| c["pad"] = json!("x".repeat(MAX_TOKEN_BYTES)));
-        assert_eq!(f.reason(&token), InactiveReason::TooLarge);
+        assert_eq!(f.reason(&token).await, InactiveReason::TooLarge);
     }
 
-    #[test]
-    fn token_that_is_not_a_compact_jws_is_inactive() {
+    #[tokio::test]
+    async fn token_that_is_not_a_compact_jws_is_inactive() {
         let f = fixture();
         let token = f.mint();
         let mut parts = token.split('.');
@@ -606,20 +621,20 @@ mod tests {
             format!("{}.{c}.{s}", URL_SAFE_NO_PAD.encode("not json")),
         ] {
             assert!(
-                matches!(f.reason(&bad), InactiveReason::Malformed(_)),
+                matches!(f.reason(&bad).await, InactiveReason::Malformed(_)),
                 "{bad:?}"
             );
         }
         assert!(f.ledger.is_empty());
     }
 
-    #[test]
-    fn alg_none_hmac_and_rsa_are_inactive() {
+    #[tokio::test]
+    async fn alg_none_hmac_and_rsa_are_inactive() {
         let f = fixture();
         for alg in ["none", "HS256", "RS256", "es256"] {
             let token = f.with_header(|h| h["alg"] = json!(alg));
             assert_eq!(
-                f.reason(&token),
+                f.reason(&token).await,
                 InactiveReason::UnsupportedAlgorithm,
                 "{alg}"
             );
@@ -629,11 +644,14 @@ mod tests {
             URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "at+jwt"}).to_string()),
             URL_SAFE_NO_PAD.encode(f.claims().to_string())
         );
-        assert_eq!(f.reason(&unsigned), InactiveReason::UnsupportedAlgorithm);
+        assert_eq!(
+            f.reason(&unsigned).await,
+            InactiveReason::UnsupportedAlgorithm
+        );
     }
 
-    #[test]
-    fn wrong_or_missing_typ_is_inactive() {
+    #[tokio::test]
+    async fn wrong_or_missing_typ_is_inactive() {
         let f = fixture();
         for typ in [
             json!("JWT"),
@@ -647,42 +665,42 @@ mod tests {
                     h["typ"] = typ.clone();
                 }
             });
-            assert_eq!(f.reason(&token), InactiveReason::WrongType, "{typ}");
+            assert_eq!(f.reason(&token).await, InactiveReason::WrongType, "{typ}");
         }
         for typ in ["application/at+jwt", "AT+JWT"] {
             let token = f.with_header(|h| h["typ"] = json!(typ));
-            assert!(f.introspect_as(&token, PAYMENTS).is_ok(), "{typ}");
+            assert!(f.introspect_as(&token, PAYMENTS).await.is_ok(), "{typ}");
         }
     }
 
-    #[test]
-    fn missing_kid_is_inactive() {
+    #[tokio::test]
+    async fn missing_kid_is_inactive() {
         let f = fixture();
         let token = f.with_header(|h| {
             h.as_object_mut().unwrap().remove("kid");
         });
-        assert_eq!(f.reason(&token), InactiveReason::MissingKid);
+        assert_eq!(f.reason(&token).await, InactiveReason::MissingKid);
     }
 
-    #[test]
-    fn unknown_kid_is_inactive() {
+    #[tokio::test]
+    async fn unknown_kid_is_inactive() {
         let f = fixture();
         let other = fixture();
         let token = f.with_header(|h| h["kid"] = json!(other.keys.active().kid()));
-        assert_eq!(f.reason(&token), InactiveReason::UnknownKey);
+        assert_eq!(f.reason(&token).await, InactiveReason::UnknownKey);
         // A token of another issuer's keyring is unknown here too.
-        assert_eq!(f.reason(&other.mint()), InactiveReason::UnknownKey);
+        assert_eq!(f.reason(&other.mint()).await, InactiveReason::UnknownKey);
     }
 
-    #[test]
-    fn alg_that_is_not_the_keys_is_inactive() {
+    #[tokio::test]
+    async fn alg_that_is_not_the_keys_is_inactive() {
         let f = fixture_with(JwsAlgorithm::Es256, 10);
         let token = f.with_header(|h| h["alg"] = json!("EdDSA"));
-        assert_eq!(f.reason(&token), InactiveReason::AlgorithmMismatch);
+        assert_eq!(f.reason(&token).await, InactiveReason::AlgorithmMismatch);
     }
 
-    #[test]
-    fn bad_signature_is_inactive() {
+    #[tokio::test]
+    async fn bad_signature_is_inactive() {
         let f = fixture();
         let token = f.mint();
         // Another valid signature of the same key, over other claims.
@@ -692,7 +710,7 @@ mod tests {
             token.rsplit_once('.').unwrap().0,
             other.rsplit_once('.').unwrap().1
         );
-        assert_eq!(f.reason(&spliced), InactiveReason::BadSignature);
+        assert_eq!(f.reason(&spliced).await, InactiveReason::BadSignature);
         // Signed by the pre-published next key but naming the active kid.
         let next = f
             .keys
@@ -703,76 +721,89 @@ mod tests {
         let input = token.rsplit_once('.').unwrap().0;
         let sig = next.sign(input.as_bytes()).unwrap();
         let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
-        assert_eq!(f.reason(&forged), InactiveReason::BadSignature);
+        assert_eq!(f.reason(&forged).await, InactiveReason::BadSignature);
         assert!(f.ledger.is_empty());
     }
 
-    #[test]
-    fn token_of_another_issuer_is_inactive() {
+    #[tokio::test]
+    async fn token_of_another_issuer_is_inactive() {
         let f = fixture();
         let token = f.with_claims(|c| c["iss"] = json!("https://evil.example"));
-        assert_eq!(f.reason(&token), InactiveReason::WrongIssuer);
+        assert_eq!(f.reason(&token).await, InactiveReason::WrongIssuer);
     }
 
-    #[test]
-    fn expired_token_is_inactive_after_five_seconds_of_leeway() {
+    #[tokio::test]
+    async fn expired_token_is_inactive_after_five_seconds_of_leeway() {
         let f = fixture();
         let token = f.with_claims(|c| {
             c["iat"] = json!(f.now - 65);
             c["nbf"] = json!(f.now - 65);
             c["exp"] = json!(f.now - 5);
         });
-        assert_eq!(f.reason(&token), InactiveReason::Expired);
+        assert_eq!(f.reason(&token).await, InactiveReason::Expired);
         let token = f.with_claims(|c| {
             c["iat"] = json!(f.now - 64);
             c["nbf"] = json!(f.now - 64);
             c["exp"] = json!(f.now - 4);
         });
-        assert!(f.introspect_as(&token, PAYMENTS).is_ok(), "within leeway");
+        assert!(
+            f.introspect_as(&token, PAYMENTS).await.is_ok(),
+            "within leeway"
+        );
     }
 
-    #[test]
-    fn token_from_the_future_is_inactive_beyond_the_leeway() {
+    #[tokio::test]
+    async fn token_from_the_future_is_inactive_beyond_the_leeway() {
         let f = fixture();
         for field in ["iat", "nbf"] {
             let token = f.with_claims(|c| {
                 c[field] = json!(f.now + 6);
                 c["exp"] = json!(f.now + 66);
             });
-            assert_eq!(f.reason(&token), InactiveReason::NotYetValid, "{field}");
+            assert_eq!(
+                f.reason(&token).await,
+                InactiveReason::NotYetValid,
+                "{field}"
+            );
         }
         let token = f.with_claims(|c| {
             c["iat"] = json!(f.now + 5);
             c["nbf"] = json!(f.now + 5);
             c["exp"] = json!(f.now + 65);
         });
-        assert!(f.introspect_as(&token, PAYMENTS).is_ok(), "within leeway");
+        assert!(
+            f.introspect_as(&token, PAYMENTS).await.is_ok(),
+            "within leeway"
+        );
     }
 
-    #[test]
-    fn lifetime_above_300_seconds_is_inactive() {
+    #[tokio::test]
+    async fn lifetime_above_300_seconds_is_inactive() {
         let f = fixture();
         let token = f.with_claims(|c| c["exp"] = json!(f.now + 301));
-        assert_eq!(f.reason(&token), InactiveReason::LifetimeTooLong);
+        assert_eq!(f.reason(&token).await, InactiveReason::LifetimeTooLong);
         let token = f.with_claims(|c| c["exp"] = json!(f.now));
-        assert!(matches!(f.reason(&token), InactiveReason::Malformed(_)));
+        assert!(matches!(
+            f.reason(&token).await,
+            InactiveReason::Malformed(_)
+        ));
         let token = f.with_claims(|c| c["exp"] = json!(f.now + 300));
-        assert!(f.introspect_as(&token, PAYMENTS).is_ok());
+        assert!(f.introspect_as(&token, PAYMENTS).await.is_ok());
     }
 
-    #[test]
-    fn token_without_jti_is_inactive() {
+    #[tokio::test]
+    async fn token_without_jti_is_inactive() {
         let f = fixture();
         let token = f.with_claims(|c| {
             c.as_object_mut().unwrap().remove("jti");
         });
-        assert_eq!(f.reason(&token), InactiveReason::MissingJti);
+        assert_eq!(f.reason(&token).await, InactiveReason::MissingJti);
         let token = f.with_claims(|c| c["jti"] = json!(""));
-        assert_eq!(f.reason(&token), InactiveReason::MissingJti);
+        assert_eq!(f.reason(&token).await, InactiveReason::MissingJti);
     }
 
-    #[test]
-    fn claims_of_the_wrong_shape_are_inactive() {
+    #[tokio::test]
+    async fn claims_of_the_wrong_shape_are_inactive() {
         let f = fixture();
         for edit in [
             (|c: &mut Value| c["aud"] = json!([PAYMENTS])) as fn(&mut Value),
@@ -785,12 +816,15 @@ mod tests {
             |c| c["jti"] = json!("j".repeat(257)),
         ] {
             let token = f.with_claims(edit);
-            assert!(matches!(f.reason(&token), InactiveReason::Malformed(_)));
+            assert!(matches!(
+                f.reason(&token).await,
+                InactiveReason::Malformed(_)
+            ));
         }
     }
 
-    #[test]
-    fn token_minted_at_or_before_the_ledger_start_is_inactive() {
+    #[tokio::test]
+    async fn token_minted_at_or_before_the_ledger_start_is_inactive() {
         let f = fixture();
         let started = f.ledger.started_at();
         let token = f.with_claims(|c| {
@@ -800,7 +834,8 @@ mod tests {
         });
         let r = f
             .introspector
-            .introspect(&f.keys, &token, &id(PAYMENTS), started + 1);
+            .introspect(&f.keys, &token, &id(PAYMENTS), started + 1)
+            .await;
         assert_eq!(r.unwrap_err().reason, InactiveReason::IssuedBeforeStart);
         let token = f.with_claims(|c| {
             c["iat"] = json!(started + 1);
@@ -809,71 +844,75 @@ mod tests {
         });
         let r = f
             .introspector
-            .introspect(&f.keys, &token, &id(PAYMENTS), started + 1);
+            .introspect(&f.keys, &token, &id(PAYMENTS), started + 1)
+            .await;
         assert!(r.is_ok(), "one second after the start is after it");
     }
 
-    #[test]
-    fn token_of_a_denied_subject_is_inactive() {
+    #[tokio::test]
+    async fn token_of_a_denied_subject_is_inactive() {
         let f = fixture();
         let token = f.mint();
         f.deny.insert(&id(ORDERS));
-        assert_eq!(f.reason(&token), InactiveReason::DeniedSubject);
+        assert_eq!(f.reason(&token).await, InactiveReason::DeniedSubject);
         assert!(f.ledger.is_empty(), "not consumed");
         f.deny.remove(&id(ORDERS));
-        assert!(f.introspect_as(&token, PAYMENTS).is_ok());
+        assert!(f.introspect_as(&token, PAYMENTS).await.is_ok());
     }
 
-    #[test]
-    fn revoked_session_makes_every_token_of_it_inactive() {
+    #[tokio::test]
+    async fn revoked_session_makes_every_token_of_it_inactive() {
         let f = fixture();
         let batch: Vec<String> = (0..3).map(|_| f.mint_at("batch", f.now)).collect();
         let other = f.mint_at("other", f.now);
         let revoked = f
             .introspector
             .revoke(&f.keys, &batch[1], &id(ORDERS), f.now)
+            .await
             .unwrap();
         assert_eq!(revoked.sid, "batch");
         for token in &batch {
-            let r = f.introspect_as(token, PAYMENTS).unwrap_err();
+            let r = f.introspect_as(token, PAYMENTS).await.unwrap_err();
             assert_eq!(r.reason, InactiveReason::RevokedSession);
             assert_eq!(r.claims.unwrap().sid, "batch");
         }
-        assert!(f.introspect_as(&other, PAYMENTS).is_ok());
+        assert!(f.introspect_as(&other, PAYMENTS).await.is_ok());
     }
 
-    #[test]
-    fn revoked_session_is_remembered_until_its_tokens_expire() {
+    #[tokio::test]
+    async fn revoked_session_is_remembered_until_its_tokens_expire() {
         let f = fixture();
         let token = f.mint();
         f.introspector
             .revoke(&f.keys, &token, &id(PAYMENTS), f.now)
+            .await
             .unwrap();
         assert_eq!(
-            f.ledger.contains("revoked-session s1", f.now + 64),
+            f.ledger.contains("revoked-session s1", f.now + 64).await,
             Ok(true)
         );
         assert_eq!(
-            f.ledger.contains("revoked-session s1", f.now + 65),
+            f.ledger.contains("revoked-session s1", f.now + 65).await,
             Ok(false)
         );
     }
 
-    #[test]
-    fn revocation_is_refused_to_callers_that_are_neither_sub_nor_aud() {
+    #[tokio::test]
+    async fn revocation_is_refused_to_callers_that_are_neither_sub_nor_aud() {
         let f = fixture();
         let token = f.mint();
         let err = f
             .introspector
             .revoke(&f.keys, &token, &id(LEDGER_ID), f.now)
+            .await
             .unwrap_err();
         assert!(matches!(err, RevokeError::NotYours(_)), "{err}");
         assert!(f.ledger.is_empty());
-        assert!(f.introspect_as(&token, PAYMENTS).is_ok());
+        assert!(f.introspect_as(&token, PAYMENTS).await.is_ok());
     }
 
-    #[test]
-    fn revocation_of_a_token_that_is_not_valid_changes_nothing() {
+    #[tokio::test]
+    async fn revocation_of_a_token_that_is_not_valid_changes_nothing() {
         let f = fixture();
         let expired = f.with_claims(|c| {
             c["iat"] = json!(f.now - 100);
@@ -885,7 +924,11 @@ mod tests {
             (expired, "expired"),
             (f.with_claims(|c| c["iss"] = json!("x")), "wrong_issuer"),
         ] {
-            match f.introspector.revoke(&f.keys, &token, &id(ORDERS), f.now) {
+            match f
+                .introspector
+                .revoke(&f.keys, &token, &id(ORDERS), f.now)
+                .await
+            {
                 Err(RevokeError::NotAToken(r)) => assert_eq!(r.reason(), reason),
                 other => panic!("{other:?}"),
             }
@@ -893,41 +936,58 @@ mod tests {
         assert!(f.ledger.is_empty());
     }
 
-    #[test]
-    fn full_ledger_is_unavailable_not_inactive_and_consumes_nothing() {
+    #[tokio::test]
+    async fn full_ledger_is_unavailable_not_inactive_and_consumes_nothing() {
         let f = fixture_with(JwsAlgorithm::Es256, 0);
         let token = f.mint();
-        let r = f.introspect_as(&token, PAYMENTS).unwrap_err();
+        let r = f.introspect_as(&token, PAYMENTS).await.unwrap_err();
         assert_eq!(r.reason, InactiveReason::LedgerUnavailable);
         assert!(r.reason.is_unavailable());
         let err = f
             .introspector
             .revoke(&f.keys, &token, &id(ORDERS), f.now)
+            .await
             .unwrap_err();
         assert!(matches!(err, RevokeError::Unavailable(_)), "{err}");
-        assert!(!f.introspector.ready(f.now));
+        assert_eq!(f.introspector.ready(f.now).await, Err(LedgerError::Full));
     }
 
-    #[test]
-    fn concurrent_introspections_of_one_token_yield_exactly_one_active() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_introspections_of_one_token_yield_exactly_one_active() {
         let f = Arc::new(fixture());
         let token = Arc::new(f.mint());
         let handles: Vec<_> = (0..16)
             .map(|_| {
                 let (f, token) = (Arc::clone(&f), Arc::clone(&token));
-                std::thread::spawn(move || f.introspect_as(&token, PAYMENTS).is_ok())
+                tokio::spawn(async move { f.introspect_as(&token, PAYMENTS).await.is_ok() })
             })
             .collect();
-        let active = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|ok| *ok)
-            .count();
+        let mut active = 0;
+        for h in handles {
+            if h.await.unwrap() {
+                active += 1;
+            }
+        }
         assert_eq!(active, 1);
     }
 
     #[test]
-    fn every_reason_has_a_distinct_label() {
+    fn ledger_errors_map_to_inactive_or_unavailable() {
+        assert_eq!(
+            InactiveReason::from(LedgerError::Stale),
+            InactiveReason::IssuedBeforeStart
+        );
+        assert_eq!(
+            InactiveReason::from(LedgerError::Replayed),
+            InactiveReason::Replayed
+        );
+        for e in [LedgerError::Full, LedgerError::Unavailable] {
+            assert!(InactiveReason::from(e).is_unavailable(), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_reason_has_a_distinct_label() {
         let all = [
             InactiveReason::TooLarge,
             InactiveReason::Malformed("x"),

@@ -224,15 +224,19 @@ impl JoinTokens {
     /// Spends `found` once: through `ledger` (shared by every replica that shares the
     /// ledger) and by claiming its record file (seen by revocation and restarts). Of
     /// any number of concurrent redemptions of one token, exactly one succeeds.
-    pub fn redeem(
+    pub async fn redeem(
         &self,
         found: Found,
         ledger: &dyn ReplayLedger,
         now: i64,
     ) -> Result<SpiffeId, JoinTokenError> {
         let key = format!("join-token {}", found.hash_hex);
+        // No issue time: the record file is the durable gate that a ledger which lost
+        // its memory (restart, store data loss) cannot replace, so the epoch rule has
+        // nothing to add here.
         ledger
-            .consume(&key, found.expires_at, now)
+            .consume(&key, None, found.expires_at, now)
+            .await
             .map_err(|e| match e {
                 LedgerError::Replayed => JoinTokenError::Invalid,
                 _ => JoinTokenError::Unavailable,
@@ -382,28 +386,28 @@ mod tests {
         }
     }
 
-    fn redeem(s: &Setup, token: &str, now: i64) -> Result<SpiffeId, JoinTokenError> {
+    async fn redeem(s: &Setup, token: &str, now: i64) -> Result<SpiffeId, JoinTokenError> {
         let found = s.store.find(token, now)?;
-        s.store.redeem(found, &s.ledger, now)
+        s.store.redeem(found, &s.ledger, now).await
     }
 
-    #[test]
-    fn join_token_redeems_once_for_its_id() {
+    #[tokio::test]
+    async fn join_token_redeems_once_for_its_id() {
         let s = setup();
         let now = OffsetDateTime::now_utc();
         let made = s.store.create(&s.td, &s.id, DEFAULT_TTL, now).unwrap();
         assert!(made.token.starts_with(PREFIX));
         let t = now.unix_timestamp();
-        assert_eq!(redeem(&s, &made.token, t).unwrap(), s.id);
+        assert_eq!(redeem(&s, &made.token, t).await.unwrap(), s.id);
         assert!(matches!(
-            redeem(&s, &made.token, t),
+            redeem(&s, &made.token, t).await,
             Err(JoinTokenError::Invalid)
         ));
         assert!(s.store.list(now).is_empty());
     }
 
-    #[test]
-    fn finding_a_token_does_not_spend_it() {
+    #[tokio::test]
+    async fn finding_a_token_does_not_spend_it() {
         let s = setup();
         let now = OffsetDateTime::now_utc();
         let made = s.store.create(&s.td, &s.id, DEFAULT_TTL, now).unwrap();
@@ -411,11 +415,11 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(s.store.find(&made.token, t).unwrap().id, s.id);
         }
-        assert_eq!(redeem(&s, &made.token, t).unwrap(), s.id);
+        assert_eq!(redeem(&s, &made.token, t).await.unwrap(), s.id);
     }
 
-    #[test]
-    fn the_ledger_alone_refuses_a_second_redemption() {
+    #[tokio::test]
+    async fn the_ledger_alone_refuses_a_second_redemption() {
         // Another replica sharing the ledger redeemed it; this one still has the file.
         let s = setup();
         let now = OffsetDateTime::now_utc();
@@ -427,22 +431,22 @@ mod tests {
             let path = entry.unwrap().path();
             std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
         }
-        assert_eq!(redeem(&s, &made.token, t).unwrap(), s.id);
+        assert_eq!(redeem(&s, &made.token, t).await.unwrap(), s.id);
         let found = other.find(&made.token, t).unwrap();
         assert!(matches!(
-            other.redeem(found, &s.ledger, t),
+            other.redeem(found, &s.ledger, t).await,
             Err(JoinTokenError::Invalid)
         ));
     }
 
-    #[test]
-    fn the_record_alone_refuses_a_second_redemption() {
+    #[tokio::test]
+    async fn the_record_alone_refuses_a_second_redemption() {
         // A restarted issuer: its in-memory ledger is empty, the record is gone.
         let s = setup();
         let now = OffsetDateTime::now_utc();
         let made = s.store.create(&s.td, &s.id, DEFAULT_TTL, now).unwrap();
         let t = now.unix_timestamp();
-        assert_eq!(redeem(&s, &made.token, t).unwrap(), s.id);
+        assert_eq!(redeem(&s, &made.token, t).await.unwrap(), s.id);
         let fresh = MemoryLedger::new(100, t);
         assert!(matches!(
             s.store.find(&made.token, t),
@@ -451,11 +455,19 @@ mod tests {
         // Even a lookup done before the first redemption cannot be spent again.
         let made = s.store.create(&s.td, &s.id, DEFAULT_TTL, now).unwrap();
         let early = s.store.find(&made.token, t).unwrap();
-        assert_eq!(redeem(&s, &made.token, t).unwrap(), s.id);
+        assert_eq!(redeem(&s, &made.token, t).await.unwrap(), s.id);
         assert!(matches!(
-            s.store.redeem(early, &fresh, t),
+            s.store.redeem(early, &fresh, t).await,
             Err(JoinTokenError::Invalid)
         ));
+    }
+
+    /// Runs a future on this thread: the memory ledger answers at once.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -466,7 +478,7 @@ mod tests {
         let t = now.unix_timestamp();
         let wins = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..16)
-                .map(|_| scope.spawn(|| redeem(&s, &made.token, t).is_ok()))
+                .map(|_| scope.spawn(|| block_on(redeem(&s, &made.token, t)).is_ok()))
                 .collect();
             handles
                 .into_iter()
@@ -477,8 +489,8 @@ mod tests {
         assert_eq!(wins, 1);
     }
 
-    #[test]
-    fn a_full_ledger_spends_nothing() {
+    #[tokio::test]
+    async fn a_full_ledger_spends_nothing() {
         let s = setup();
         let now = OffsetDateTime::now_utc();
         let made = s.store.create(&s.td, &s.id, DEFAULT_TTL, now).unwrap();
@@ -486,14 +498,14 @@ mod tests {
         let full = MemoryLedger::new(0, 0);
         let found = s.store.find(&made.token, t).unwrap();
         assert!(matches!(
-            s.store.redeem(found, &full, t),
+            s.store.redeem(found, &full, t).await,
             Err(JoinTokenError::Unavailable)
         ));
-        assert_eq!(redeem(&s, &made.token, t).unwrap(), s.id);
+        assert_eq!(redeem(&s, &made.token, t).await.unwrap(), s.id);
     }
 
-    #[test]
-    fn expired_malformed_and_unknown_tokens_are_invalid() {
+    #[tokio::test]
+    async fn expired_malformed_and_unknown_tokens_are_invalid() {
         let s = setup();
         let now = OffsetDateTime::now_utc();
         let made = s
@@ -502,7 +514,7 @@ mod tests {
             .unwrap();
         let later = now.unix_timestamp() + 60;
         assert!(matches!(
-            redeem(&s, &made.token, later),
+            redeem(&s, &made.token, later).await,
             Err(JoinTokenError::Invalid)
         ));
         let unknown = format!("{PREFIX}{}", "A".repeat(43));
@@ -516,7 +528,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    redeem(&s, bad, now.unix_timestamp()),
+                    redeem(&s, bad, now.unix_timestamp()).await,
                     Err(JoinTokenError::Invalid)
                 ),
                 "{bad}"
@@ -524,8 +536,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_store_holds_no_usable_token() {
+    #[tokio::test]
+    async fn the_store_holds_no_usable_token() {
         let s = setup();
         let made = s
             .store
@@ -540,8 +552,8 @@ mod tests {
         assert!(!format!("{:?}", s.store.list(OffsetDateTime::now_utc())).contains(secret));
     }
 
-    #[test]
-    fn list_shows_outstanding_tokens_by_handle_and_drops_expired_ones() {
+    #[tokio::test]
+    async fn list_shows_outstanding_tokens_by_handle_and_drops_expired_ones() {
         let s = setup();
         let now = OffsetDateTime::now_utc();
         let other: SpiffeId = "spiffe://example.org/fn/payments".parse().unwrap();
@@ -573,8 +585,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn revoke_by_handle_or_identity_makes_tokens_unusable() {
+    #[tokio::test]
+    async fn revoke_by_handle_or_identity_makes_tokens_unusable() {
         let s = setup();
         let now = OffsetDateTime::now_utc();
         let t = now.unix_timestamp();
@@ -590,7 +602,7 @@ mod tests {
         assert_eq!(revoked.len(), 1);
         assert_eq!(revoked[0].id, other);
         assert!(matches!(
-            redeem(&s, &b.token, t),
+            redeem(&s, &b.token, t).await,
             Err(JoinTokenError::Invalid)
         ));
 
@@ -598,7 +610,7 @@ mod tests {
         assert_eq!(revoked.len(), 2);
         for made in [&a1, &a2] {
             assert!(matches!(
-                redeem(&s, &made.token, t),
+                redeem(&s, &made.token, t).await,
                 Err(JoinTokenError::Invalid)
             ));
         }
@@ -612,8 +624,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn revoke_refuses_short_non_hex_and_ambiguous_handles() {
+    #[tokio::test]
+    async fn revoke_refuses_short_non_hex_and_ambiguous_handles() {
         let s = setup();
         let now = OffsetDateTime::now_utc();
         for bad in [
@@ -657,8 +669,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn reserved_foreign_ids_and_long_lifetimes_are_refused() {
+    #[tokio::test]
+    async fn reserved_foreign_ids_and_long_lifetimes_are_refused() {
         let s = setup();
         let now = OffsetDateTime::now_utc();
         let reserved: SpiffeId = "spiffe://example.org/baton/x".parse().unwrap();

@@ -115,8 +115,11 @@ impl SvidIssuer {
     }
 
     /// Spends a join token found by [`find_join_token`](Self::find_join_token).
-    pub fn redeem(&self, found: Found, now: i64) -> Result<SpiffeId, SvidError> {
-        Ok(self.join_tokens.redeem(found, self.ledger.as_ref(), now)?)
+    pub async fn redeem(&self, found: Found, now: i64) -> Result<SpiffeId, SvidError> {
+        Ok(self
+            .join_tokens
+            .redeem(found, self.ledger.as_ref(), now)
+            .await?)
     }
 
     /// Certifies `key` as `id` from `now` for the configured lifetime.

@@ -33,8 +33,8 @@ fn status_kib(field: &str) -> usize {
     kib * 1024
 }
 
-#[test]
-fn a_million_outstanding_jtis_fit_well_under_256_mib() {
+#[tokio::test]
+async fn a_million_outstanding_jtis_fit_well_under_256_mib() {
     let before = status_kib("VmRSS:");
     let ledger = MemoryLedger::new(ENTRIES, T0);
     let mut key = String::with_capacity(64);
@@ -43,18 +43,27 @@ fn a_million_outstanding_jtis_fit_well_under_256_mib() {
         key.clear();
         // Shaped like the issuer's keys: a prefix and a 22-character base64url jti.
         write!(key, "access-token {i:022}").unwrap();
-        ledger.consume(&key, T0 + 300, T0).unwrap();
+        ledger.consume(&key, None, T0 + 300, T0).await.unwrap();
     }
     let after = status_kib("VmRSS:");
     let peak = status_kib("VmHWM:");
     assert_eq!(ledger.len(), ENTRIES);
     assert_eq!(
-        ledger.consume("access-token one-too-many", T0 + 300, T0),
+        ledger
+            .consume("access-token one-too-many", None, T0 + 300, T0)
+            .await,
         Err(LedgerError::Full),
         "the capacity is a hard bound"
     );
     assert_eq!(
-        ledger.consume(&format!("access-token {:022}", 123_456), T0 + 300, T0 + 1),
+        ledger
+            .consume(
+                &format!("access-token {:022}", 123_456),
+                None,
+                T0 + 300,
+                T0 + 1
+            )
+            .await,
         Err(LedgerError::Replayed)
     );
 

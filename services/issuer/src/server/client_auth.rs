@@ -11,7 +11,7 @@ use crate::metrics as m;
 
 /// Attests the caller from its TLS client certificate chain or the form's client
 /// assertion (`assertion`, from the form's `client_assertion()`), never both.
-pub(super) fn attest(
+pub(super) async fn attest(
     state: &AppState,
     peer_chain: Option<&[Vec<u8>]>,
     assertion: Result<Option<ClientAssertion<'_>>, ClientAssertionError>,
@@ -26,7 +26,7 @@ pub(super) fn attest(
             ));
         }
         (Some(assertion), None) => (
-            state.attestor.attest_assertion(assertion.jws(), now),
+            state.attestor.attest_assertion(assertion.jws(), now).await,
             AuthMethod::PrivateKeyJwt,
         ),
         (None, Some(chain)) => (state.attestor.attest_mtls(chain, now), AuthMethod::Mtls),

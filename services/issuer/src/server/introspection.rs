@@ -27,7 +27,7 @@ pub(super) async fn introspect(
 ) -> Response {
     let now = unix_now();
     let peer_chain = tls.as_deref().map(|i| i.peer_certificates.as_slice());
-    let caller = match attest(&state, peer_chain, req.client_assertion(), now) {
+    let caller = match attest(&state, peer_chain, req.client_assertion(), now).await {
         Ok(caller) => caller,
         Err(e) => {
             metrics::counter!(m::INTROSPECTIONS, "result" => "unauthenticated", "reason" => e.reason())
@@ -40,6 +40,7 @@ pub(super) async fn introspect(
     match state
         .introspector
         .introspect(state.published().keyring(), &req.token, &caller.id, now)
+        .await
     {
         Ok(claims) => {
             metrics::counter!(m::INTROSPECTIONS, "result" => "active", "reason" => "ok")

@@ -294,6 +294,17 @@ mod tests {
         assert_eq!(send(&roomy, get()).await.0, StatusCode::OK);
     }
 
+    #[test]
+    fn stale_assertion_is_invalid_client_and_an_unreachable_ledger_is_503_with_retry_after() {
+        use crate::attest::AttestError;
+        let stale = ApiError::from(AttestError::BeforeLedgerEpoch).into_response();
+        assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+        assert!(stale.headers().get(header::RETRY_AFTER).is_none());
+        let down = ApiError::from(AttestError::LedgerUnavailable).into_response();
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.headers()[header::RETRY_AFTER], "1");
+    }
+
     #[tokio::test]
     async fn introspection_and_revocation_require_client_authentication() {
         let (_tmp, router) = router(10);

@@ -5,6 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use super::AppState;
+use crate::ledger::LedgerError;
 use crate::metrics as m;
 
 /// `GET /healthz`: the process answers.
@@ -12,19 +13,22 @@ pub(super) async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
-/// `GET /readyz`: keys loaded and the store reachable. The embedded store lives in
-/// this process, so it is reachable whenever the process answers; it is not ready when
-/// its replay ledger is full of live entries, since every one-time use then fails
-/// closed (503) until some expire.
+/// `GET /readyz`: keys loaded and the store reachable. Not ready when the replay
+/// ledger's store does not answer, or when the ledger is full of live entries: every
+/// one-time use then fails closed (503) until the store is back or entries expire.
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let _ = state.published().keyring().active();
-    if !state.introspector.ready(super::unix_now()) {
-        return (
+    match state.introspector.ready(super::unix_now()).await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(LedgerError::Full) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the replay ledger is full of unexpired entries\n",
-        );
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the replay ledger's store is unreachable\n",
+        ),
     }
-    (StatusCode::OK, "ready\n")
 }
 
 /// `GET /metrics`: Prometheus text format.

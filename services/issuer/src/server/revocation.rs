@@ -26,7 +26,7 @@ pub(super) async fn revoke(
 ) -> Response {
     let now = unix_now();
     let peer_chain = tls.as_deref().map(|i| i.peer_certificates.as_slice());
-    let caller = match attest(&state, peer_chain, req.client_assertion(), now) {
+    let caller = match attest(&state, peer_chain, req.client_assertion(), now).await {
         Ok(caller) => caller,
         Err(e) => {
             metrics::counter!(m::REVOCATIONS, "result" => "unauthenticated").increment(1);
@@ -38,6 +38,7 @@ pub(super) async fn revoke(
     match state
         .introspector
         .revoke(state.published().keyring(), &req.token, &caller.id, now)
+        .await
     {
         Ok(claims) => {
             metrics::counter!(m::REVOCATIONS, "result" => "revoked").increment(1);

@@ -34,7 +34,7 @@ pub(super) async fn svid(
         .as_deref()
         .map(|i| i.peer_certificates.as_slice())
         .filter(|c| !c.is_empty());
-    match issue(&state, peer_chain, &req) {
+    match issue(&state, peer_chain, &req).await {
         Ok(response) => response,
         Err(refusal) => {
             let e = refusal.error;
@@ -56,7 +56,7 @@ struct Refusal {
     error: ApiError,
 }
 
-fn issue(
+async fn issue(
     state: &AppState,
     peer_chain: Option<&[Vec<u8>]>,
     req: &SvidRequest,
@@ -97,13 +97,16 @@ fn issue(
             limit(enrollment, &id).map_err(&refuse)?;
             // Last: a token is spent only by a request that gets its certificate.
             svid.redeem(found, unix)
+                .await
                 .map_err(|e| refuse(svid_error(e)))?;
             (id, JOIN_TOKEN)
         }
         None => {
             // Attestation checks the chain, the certificate's validity (an expired
             // certificate cannot renew) and the deny list, and spends an assertion.
-            let caller = attest(state, peer_chain, assertion, unix).map_err(&anonymous)?;
+            let caller = attest(state, peer_chain, assertion, unix)
+                .await
+                .map_err(&anonymous)?;
             let refuse = refuse(Some(&caller.id), method);
             limit(enrollment, &caller.id).map_err(&refuse)?;
             if key.is(&caller.key_sha256) {

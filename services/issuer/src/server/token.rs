@@ -33,7 +33,9 @@ pub(super) async fn token(
         &state,
         tls.as_deref().map(|i| i.peer_certificates.as_slice()),
         &req,
-    ) {
+    )
+    .await
+    {
         Ok(response) => response,
         Err((caller, e)) => {
             metrics::counter!(m::TOKEN_DENIALS, "reason" => e.reason()).increment(1);
@@ -45,7 +47,7 @@ pub(super) async fn token(
 
 type Refusal = (Option<SpiffeId>, ApiError);
 
-fn issue(
+async fn issue(
     state: &AppState,
     peer_chain: Option<&[Vec<u8>]>,
     req: &TokenRequest,
@@ -75,7 +77,9 @@ fn issue(
     }
 
     let now = unix_now();
-    let caller = attest(state, peer_chain, req.client_assertion(), now).map_err(refuse)?;
+    let caller = attest(state, peer_chain, req.client_assertion(), now)
+        .await
+        .map_err(refuse)?;
     let with_caller = |e: ApiError| (Some(caller.id.clone()), e);
 
     state

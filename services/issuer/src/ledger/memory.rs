@@ -1,78 +1,15 @@
-//! The replay ledger (SPEC §7): every one-time id (an access token's or a client
-//! assertion's `jti`) is recorded when first used and remembered until it expires, so a
-//! second use is refused. The same store holds the issuer's other short-lived marks —
-//! revoked sessions (`sid`, RFC 7009) — which are checked rather than consumed.
-//!
-//! The ledger fails closed. It never forgets an unexpired entry to make room — an
-//! evicting cache (LRU, moka) would reopen the replay window for whatever it evicts,
-//! and an attacker can force evictions by filling it. When it is full of live entries
-//! it refuses with [`LedgerError::Full`], which callers answer with 503: a refused
-//! request is an outage, an accepted replay is a breach.
-//!
-//! [`MemoryLedger`] is the embedded store's ledger; a shared Redis ledger will
-//! implement [`ReplayLedger`] too (`consume`: `SET key 1 NX PXAT exp`; `mark`:
-//! `SET key 1 PXAT exp` keeping the later expiry; `contains`: `EXISTS key`).
+//! The embedded store's replay ledger: in memory, bounded, never evicting a live entry.
 
 use std::collections::HashMap;
+use std::future::ready;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use ring::digest;
-
-/// Why a key was not recorded, or could not be looked up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum LedgerError {
-    /// The key was already consumed and has not expired yet.
-    #[error("already used: this one-time id was presented before")]
-    Replayed,
-    /// The ledger holds its maximum of unexpired entries; retry once some expire.
-    #[error("replay ledger is full of unexpired entries; retry shortly")]
-    Full,
-}
-
-/// A store that lets each key be consumed once until it expires.
-///
-/// Keys are namespaced by their caller (`client-assertion <id> <jti>`,
-/// `access-token <jti>`, `revoked-session <sid>`), so one ledger serves every use.
-pub trait ReplayLedger: Send + Sync + std::fmt::Debug {
-    /// Records `key` as used until `exp` (Unix seconds): the entry is live while
-    /// `now < exp`. Fails with [`LedgerError::Replayed`] if `key` is already live.
-    ///
-    /// A key whose `exp` is already past is not recorded (nothing could replay it
-    /// while it is valid); callers reject expired items before consuming them.
-    fn consume(&self, key: &str, exp: i64, now: i64) -> Result<(), LedgerError>;
-
-    /// Records `key` as live until `exp`, whether or not it already is; a live entry
-    /// keeps the later of its two expiries. For marks that are checked with
-    /// [`contains`](Self::contains) rather than consumed (revoked sessions).
-    fn mark(&self, key: &str, exp: i64, now: i64) -> Result<(), LedgerError>;
-
-    /// Whether `key` is live at `now` (consumed or marked, and not expired).
-    ///
-    /// The in-memory ledger always answers; a networked one fails with an error
-    /// when it cannot, and callers must then fail closed.
-    fn contains(&self, key: &str, now: i64) -> Result<bool, LedgerError>;
-
-    /// The time (Unix seconds) since which this ledger has seen every consumed key.
-    /// Anything issued at or before it may have been used already without the ledger
-    /// knowing (SPEC §7: after a restart, older tokens answer inactive).
-    fn started_at(&self) -> i64;
-
-    /// Whether the ledger can record a new entry now (readiness: `/readyz`).
-    fn ready(&self, now: i64) -> bool;
-}
+use super::{Digest, LedgerError, LedgerFuture, ReplayLedger, digest_of, is_stale};
 
 /// Number of independently locked shards: enough that concurrent requests rarely
 /// wait on each other, few enough that a full purge is cheap.
 const SHARDS: usize = 16;
-
-/// What an entry is keyed by: the first 128 bits of the key's SHA-256.
-///
-/// 128 bits are plenty: a collision can only make the ledger refuse a fresh key as a
-/// replay (never accept a replay), its chance among a million live entries is about
-/// 10^-27, and forcing one onto another caller's key is a second-preimage search.
-type Digest = [u8; 16];
 
 /// An entry's expiry, Unix seconds. A `u32` holds every second until 2106; later
 /// times saturate, which keeps the entry (failing closed) rather than dropping it.
@@ -95,14 +32,25 @@ fn live(exp: Expiry, now: i64) -> bool {
 /// passed, so a full ledger of live entries refuses in O(shards)) and by
 /// [`purge_expired`](Self::purge_expired), which the issuer calls periodically.
 ///
+/// Its epoch is `started_at`: anything issued at or before it is refused as
+/// [`Stale`](LedgerError::Stale), since the process that watched it is gone.
+///
 /// ```
 /// use baton_issuer::ledger::{LedgerError, MemoryLedger, ReplayLedger};
+/// # async fn demo() {
 /// let ledger = MemoryLedger::new(1000, 1_700_000_000);
-/// assert_eq!(ledger.consume("jti-1", 1_700_000_060, 1_700_000_000), Ok(()));
+/// let (iat, exp) = (Some(1_700_000_001), 1_700_000_060);
+/// assert_eq!(ledger.consume("jti-1", iat, exp, 1_700_000_001).await, Ok(()));
 /// assert_eq!(
-///     ledger.consume("jti-1", 1_700_000_060, 1_700_000_030),
+///     ledger.consume("jti-1", iat, exp, 1_700_000_030).await,
 ///     Err(LedgerError::Replayed)
 /// );
+/// assert_eq!(
+///     ledger.consume("jti-0", Some(1_700_000_000), exp, 1_700_000_030).await,
+///     Err(LedgerError::Stale)
+/// );
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo());
 /// ```
 #[derive(Debug)]
 pub struct MemoryLedger {
@@ -299,42 +247,57 @@ impl MemoryLedger {
     }
 }
 
-fn digest_of(key: &str) -> Digest {
-    let full = digest::digest(&digest::SHA256, key.as_bytes());
-    let mut out = Digest::default();
-    let n = out.len();
-    out.copy_from_slice(&full.as_ref()[..n]);
-    out
-}
-
 impl ReplayLedger for MemoryLedger {
-    fn consume(&self, key: &str, exp: i64, now: i64) -> Result<(), LedgerError> {
-        self.record(key, exp, now, OnLive::Refuse)
+    fn consume<'a>(
+        &'a self,
+        key: &'a str,
+        issued_at: Option<i64>,
+        exp: i64,
+        now: i64,
+    ) -> LedgerFuture<'a, Result<(), LedgerError>> {
+        let result = if is_stale(issued_at, self.started_at) {
+            Err(LedgerError::Stale)
+        } else {
+            self.record(key, exp, now, OnLive::Refuse)
+        };
+        Box::pin(ready(result))
     }
 
-    fn mark(&self, key: &str, exp: i64, now: i64) -> Result<(), LedgerError> {
-        self.record(key, exp, now, OnLive::Extend)
+    fn mark<'a>(
+        &'a self,
+        key: &'a str,
+        exp: i64,
+        now: i64,
+    ) -> LedgerFuture<'a, Result<(), LedgerError>> {
+        Box::pin(ready(self.record(key, exp, now, OnLive::Extend)))
     }
 
-    fn contains(&self, key: &str, now: i64) -> Result<bool, LedgerError> {
+    fn contains<'a>(
+        &'a self,
+        key: &'a str,
+        now: i64,
+    ) -> LedgerFuture<'a, Result<bool, LedgerError>> {
         let digest = digest_of(key);
         let shard = self.shard(usize::from(digest[0]));
-        Ok(shard
+        let live = shard
             .entries
             .get(&digest)
-            .is_some_and(|exp| live(*exp, now)))
+            .is_some_and(|exp| live(*exp, now));
+        Box::pin(ready(Ok(live)))
     }
 
-    fn started_at(&self) -> i64 {
-        self.started_at
+    fn epoch(&self, _now: i64) -> LedgerFuture<'_, Result<i64, LedgerError>> {
+        // An in-memory ledger starts empty with its process: it has seen every
+        // consumption since it started, and none before.
+        Box::pin(ready(Ok(self.started_at)))
     }
 
-    fn ready(&self, now: i64) -> bool {
-        if self.len() < self.capacity {
-            return true;
-        }
-        self.purge_expired(now);
-        self.len() < self.capacity
+    fn ready(&self, now: i64) -> LedgerFuture<'_, Result<(), LedgerError>> {
+        let room = self.len() < self.capacity || {
+            self.purge_expired(now);
+            self.len() < self.capacity
+        };
+        Box::pin(ready(if room { Ok(()) } else { Err(LedgerError::Full) }))
     }
 }
 
@@ -345,50 +308,61 @@ mod tests {
 
     const T0: i64 = 1_800_000_000;
 
-    #[test]
-    fn key_is_refused_as_replayed_until_it_expires() {
+    #[tokio::test]
+    async fn key_is_refused_as_replayed_until_it_expires() {
         let ledger = MemoryLedger::new(100, T0);
-        assert_eq!(ledger.consume("a", T0 + 60, T0), Ok(()));
-        assert_eq!(ledger.consume("a", T0 + 60, T0), Err(LedgerError::Replayed));
+        assert_eq!(ledger.consume("a", None, T0 + 60, T0).await, Ok(()));
         assert_eq!(
-            ledger.consume("a", T0 + 60, T0 + 59),
+            ledger.consume("a", None, T0 + 60, T0).await,
             Err(LedgerError::Replayed)
         );
         assert_eq!(
-            ledger.consume("b", T0 + 60, T0),
+            ledger.consume("a", None, T0 + 60, T0 + 59).await,
+            Err(LedgerError::Replayed)
+        );
+        assert_eq!(
+            ledger.consume("b", None, T0 + 60, T0).await,
             Ok(()),
             "keys are distinct"
         );
     }
 
-    #[test]
-    fn key_may_be_reused_after_its_expiry() {
+    #[tokio::test]
+    async fn key_may_be_reused_after_its_expiry() {
         let ledger = MemoryLedger::new(100, T0);
-        assert_eq!(ledger.consume("a", T0 + 60, T0), Ok(()));
-        assert_eq!(ledger.consume("a", T0 + 200, T0 + 60), Ok(()));
+        assert_eq!(ledger.consume("a", None, T0 + 60, T0).await, Ok(()));
+        assert_eq!(ledger.consume("a", None, T0 + 200, T0 + 60).await, Ok(()));
         assert_eq!(
-            ledger.consume("a", T0 + 200, T0 + 100),
+            ledger.consume("a", None, T0 + 200, T0 + 100).await,
             Err(LedgerError::Replayed),
             "the reuse is recorded with its new expiry"
         );
         assert_eq!(ledger.len(), 1);
     }
 
-    #[test]
-    fn full_ledger_of_unexpired_entries_refuses_and_never_evicts() {
+    #[tokio::test]
+    async fn full_ledger_of_unexpired_entries_refuses_and_never_evicts() {
         let ledger = MemoryLedger::new(50, T0);
         for i in 0..50 {
-            assert_eq!(ledger.consume(&format!("k{i}"), T0 + 60, T0), Ok(()));
+            assert_eq!(
+                ledger.consume(&format!("k{i}"), None, T0 + 60, T0).await,
+                Ok(())
+            );
         }
-        assert_eq!(ledger.consume("new", T0 + 60, T0), Err(LedgerError::Full));
         assert_eq!(
-            ledger.consume("new", T0 + 60, T0 + 59),
+            ledger.consume("new", None, T0 + 60, T0).await,
+            Err(LedgerError::Full)
+        );
+        assert_eq!(
+            ledger.consume("new", None, T0 + 60, T0 + 59).await,
             Err(LedgerError::Full)
         );
         // Every original entry is still remembered: nothing was dropped to make room.
         for i in 0..50 {
             assert_eq!(
-                ledger.consume(&format!("k{i}"), T0 + 60, T0 + 59),
+                ledger
+                    .consume(&format!("k{i}"), None, T0 + 60, T0 + 59)
+                    .await,
                 Err(LedgerError::Replayed),
                 "k{i} must not have been evicted"
             );
@@ -396,57 +370,101 @@ mod tests {
         assert_eq!(ledger.len(), 50);
     }
 
-    #[test]
-    fn full_ledger_makes_room_by_purging_expired_entries_in_any_shard() {
+    #[tokio::test]
+    async fn full_ledger_makes_room_by_purging_expired_entries_in_any_shard() {
         let ledger = MemoryLedger::new(40, T0);
         for i in 0..20 {
-            ledger.consume(&format!("short{i}"), T0 + 10, T0).unwrap();
-            ledger.consume(&format!("long{i}"), T0 + 100, T0).unwrap();
+            ledger
+                .consume(&format!("short{i}"), None, T0 + 10, T0)
+                .await
+                .unwrap();
+            ledger
+                .consume(&format!("long{i}"), None, T0 + 100, T0)
+                .await
+                .unwrap();
         }
         assert_eq!(
-            ledger.consume("x", T0 + 100, T0 + 5),
+            ledger.consume("x", None, T0 + 100, T0 + 5).await,
             Err(LedgerError::Full)
         );
         // At T0+10 the short entries are expired, wherever their shard is.
         for i in 0..20 {
             assert_eq!(
-                ledger.consume(&format!("new{i}"), T0 + 100, T0 + 10),
+                ledger
+                    .consume(&format!("new{i}"), None, T0 + 100, T0 + 10)
+                    .await,
                 Ok(())
             );
         }
         assert_eq!(
-            ledger.consume("y", T0 + 100, T0 + 10),
+            ledger.consume("y", None, T0 + 100, T0 + 10).await,
             Err(LedgerError::Full)
         );
         for i in 0..20 {
             assert_eq!(
-                ledger.consume(&format!("long{i}"), T0 + 100, T0 + 10),
+                ledger
+                    .consume(&format!("long{i}"), None, T0 + 100, T0 + 10)
+                    .await,
                 Err(LedgerError::Replayed)
             );
         }
     }
 
-    #[test]
-    fn already_expired_key_takes_no_room() {
+    #[tokio::test]
+    async fn already_expired_key_takes_no_room() {
         let ledger = MemoryLedger::new(1, T0);
-        assert_eq!(ledger.consume("old", T0, T0), Ok(()));
+        assert_eq!(ledger.consume("old", None, T0, T0).await, Ok(()));
         assert!(ledger.is_empty());
-        assert_eq!(ledger.consume("a", T0 + 1, T0), Ok(()));
+        assert_eq!(ledger.consume("a", None, T0 + 1, T0).await, Ok(()));
     }
 
-    #[test]
-    fn zero_capacity_refuses_everything() {
+    #[tokio::test]
+    async fn zero_capacity_refuses_everything() {
         let ledger = MemoryLedger::new(0, T0);
-        assert_eq!(ledger.consume("a", T0 + 1, T0), Err(LedgerError::Full));
+        assert_eq!(
+            ledger.consume("a", None, T0 + 1, T0).await,
+            Err(LedgerError::Full)
+        );
     }
 
-    #[test]
-    fn remembers_its_start_time() {
+    #[tokio::test]
+    async fn remembers_its_start_time() {
         let ledger = MemoryLedger::new(1, T0);
         assert_eq!(ledger.started_at(), T0);
         let dynamic: &dyn ReplayLedger = &ledger;
-        assert_eq!(dynamic.started_at(), T0);
+        assert_eq!(dynamic.epoch(T0 + 100).await, Ok(T0));
         assert_eq!(ledger.capacity(), 1);
+    }
+
+    #[tokio::test]
+    async fn item_issued_at_or_before_the_start_is_stale_and_takes_no_room() {
+        let ledger = MemoryLedger::new(10, T0);
+        for iat in [T0 - 100, T0] {
+            assert_eq!(
+                ledger.consume("old", Some(iat), T0 + 60, T0 + 1).await,
+                Err(LedgerError::Stale),
+                "iat {iat}"
+            );
+        }
+        assert!(ledger.is_empty());
+        assert_eq!(
+            ledger.consume("new", Some(T0 + 1), T0 + 60, T0 + 1).await,
+            Ok(())
+        );
+        assert_eq!(
+            ledger.consume("new", Some(T0 + 1), T0 + 60, T0 + 2).await,
+            Err(LedgerError::Replayed)
+        );
+        // Keys with their own durable gate (join tokens) pass no issue time.
+        assert_eq!(ledger.consume("gated", None, T0 + 60, T0 + 1).await, Ok(()));
+    }
+
+    /// Runs a ledger future on this thread: the memory ledger's are always ready.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -457,7 +475,9 @@ mod tests {
                 let ledger = Arc::clone(&ledger);
                 std::thread::spawn(move || {
                     (0..500)
-                        .filter(|i| ledger.consume(&format!("k{i}"), T0 + 60, T0).is_ok())
+                        .filter(|i| {
+                            block_on(ledger.consume(&format!("k{i}"), None, T0 + 60, T0)).is_ok()
+                        })
                         .count()
                 })
             })
@@ -475,7 +495,7 @@ mod tests {
                 let ledger = Arc::clone(&ledger);
                 std::thread::spawn(move || {
                     for i in 0..100 {
-                        let _ = ledger.consume(&format!("{t}-{i}"), T0 + 60, T0);
+                        let _ = block_on(ledger.consume(&format!("{t}-{i}"), None, T0 + 60, T0));
                     }
                 })
             })
@@ -486,87 +506,103 @@ mod tests {
         assert_eq!(ledger.len(), 100);
     }
 
-    #[test]
-    fn marked_key_is_contained_until_it_expires_and_a_mark_keeps_the_later_expiry() {
+    #[tokio::test]
+    async fn marked_key_is_contained_until_it_expires_and_a_mark_keeps_the_later_expiry() {
         let ledger = MemoryLedger::new(10, T0);
-        assert_eq!(ledger.contains("s", T0), Ok(false));
-        assert_eq!(ledger.mark("s", T0 + 60, T0), Ok(()));
-        assert_eq!(ledger.contains("s", T0 + 59), Ok(true));
+        assert_eq!(ledger.contains("s", T0).await, Ok(false));
+        assert_eq!(ledger.mark("s", T0 + 60, T0).await, Ok(()));
+        assert_eq!(ledger.contains("s", T0 + 59).await, Ok(true));
         // Marking again is no error, and an earlier expiry does not shorten it.
-        assert_eq!(ledger.mark("s", T0 + 30, T0 + 1), Ok(()));
-        assert_eq!(ledger.contains("s", T0 + 59), Ok(true));
-        assert_eq!(ledger.mark("s", T0 + 90, T0 + 2), Ok(()));
-        assert_eq!(ledger.contains("s", T0 + 89), Ok(true));
-        assert_eq!(ledger.contains("s", T0 + 90), Ok(false));
+        assert_eq!(ledger.mark("s", T0 + 30, T0 + 1).await, Ok(()));
+        assert_eq!(ledger.contains("s", T0 + 59).await, Ok(true));
+        assert_eq!(ledger.mark("s", T0 + 90, T0 + 2).await, Ok(()));
+        assert_eq!(ledger.contains("s", T0 + 89).await, Ok(true));
+        assert_eq!(ledger.contains("s", T0 + 90).await, Ok(false));
         assert_eq!(ledger.len(), 1);
     }
 
-    #[test]
-    fn consumed_key_is_contained_and_a_marked_key_cannot_be_consumed() {
+    #[tokio::test]
+    async fn consumed_key_is_contained_and_a_marked_key_cannot_be_consumed() {
         let ledger = MemoryLedger::new(10, T0);
-        ledger.consume("a", T0 + 60, T0).unwrap();
-        assert_eq!(ledger.contains("a", T0 + 1), Ok(true));
-        ledger.mark("b", T0 + 60, T0).unwrap();
-        assert_eq!(ledger.consume("b", T0 + 60, T0), Err(LedgerError::Replayed));
+        ledger.consume("a", None, T0 + 60, T0).await.unwrap();
+        assert_eq!(ledger.contains("a", T0 + 1).await, Ok(true));
+        ledger.mark("b", T0 + 60, T0).await.unwrap();
+        assert_eq!(
+            ledger.consume("b", None, T0 + 60, T0).await,
+            Err(LedgerError::Replayed)
+        );
     }
 
-    #[test]
-    fn mark_on_a_full_ledger_fails_closed_and_already_expired_mark_takes_no_room() {
+    #[tokio::test]
+    async fn mark_on_a_full_ledger_fails_closed_and_already_expired_mark_takes_no_room() {
         let ledger = MemoryLedger::new(1, T0);
-        ledger.consume("a", T0 + 60, T0).unwrap();
-        assert_eq!(ledger.mark("s", T0 + 60, T0), Err(LedgerError::Full));
-        assert_eq!(ledger.mark("old", T0, T0), Ok(()));
-        assert_eq!(ledger.contains("old", T0), Ok(false));
+        ledger.consume("a", None, T0 + 60, T0).await.unwrap();
+        assert_eq!(ledger.mark("s", T0 + 60, T0).await, Err(LedgerError::Full));
+        assert_eq!(ledger.mark("old", T0, T0).await, Ok(()));
+        assert_eq!(ledger.contains("old", T0).await, Ok(false));
         // Re-marking a live key needs no new room.
-        assert_eq!(ledger.mark("a", T0 + 90, T0), Ok(()));
+        assert_eq!(ledger.mark("a", T0 + 90, T0).await, Ok(()));
     }
 
-    #[test]
-    fn ready_until_full_of_live_entries_and_again_once_they_expire() {
+    #[tokio::test]
+    async fn ready_until_full_of_live_entries_and_again_once_they_expire() {
         let ledger = MemoryLedger::new(2, T0);
-        assert!(ledger.ready(T0));
-        ledger.consume("a", T0 + 10, T0).unwrap();
-        ledger.consume("b", T0 + 60, T0).unwrap();
-        assert!(!ledger.ready(T0 + 9));
-        assert!(ledger.ready(T0 + 10), "the expired entry is purged");
+        assert_eq!(ledger.ready(T0).await, Ok(()));
+        ledger.consume("a", None, T0 + 10, T0).await.unwrap();
+        ledger.consume("b", None, T0 + 60, T0).await.unwrap();
+        assert_eq!(ledger.ready(T0 + 9).await, Err(LedgerError::Full));
+        assert_eq!(
+            ledger.ready(T0 + 10).await,
+            Ok(()),
+            "the expired entry is purged"
+        );
         assert_eq!(ledger.len(), 1);
     }
 
-    #[test]
-    fn periodic_purge_frees_expired_entries_only() {
+    #[tokio::test]
+    async fn periodic_purge_frees_expired_entries_only() {
         let ledger = MemoryLedger::new(100, T0);
         for i in 0..20 {
-            ledger.consume(&format!("short{i}"), T0 + 10, T0).unwrap();
-            ledger.consume(&format!("long{i}"), T0 + 100, T0).unwrap();
+            ledger
+                .consume(&format!("short{i}"), None, T0 + 10, T0)
+                .await
+                .unwrap();
+            ledger
+                .consume(&format!("long{i}"), None, T0 + 100, T0)
+                .await
+                .unwrap();
         }
         ledger.purge_expired(T0 + 9);
         assert_eq!(ledger.len(), 40);
         ledger.purge_expired(T0 + 10);
         assert_eq!(ledger.len(), 20);
         assert_eq!(
-            ledger.consume("long7", T0 + 100, T0 + 10),
+            ledger.consume("long7", None, T0 + 100, T0 + 10).await,
             Err(LedgerError::Replayed)
         );
     }
 
-    #[test]
-    fn expiries_beyond_2106_saturate_and_stay_live() {
+    #[tokio::test]
+    async fn expiries_beyond_2106_saturate_and_stay_live() {
         let ledger = MemoryLedger::new(10, T0);
-        ledger.consume("far", i64::MAX, T0).unwrap();
-        assert_eq!(ledger.contains("far", i64::from(u32::MAX) - 1), Ok(true));
+        ledger.consume("far", None, i64::MAX, T0).await.unwrap();
+        assert_eq!(
+            ledger.contains("far", i64::from(u32::MAX) - 1).await,
+            Ok(true)
+        );
         assert_eq!(expiry(-5), 0);
     }
 
-    #[test]
-    fn keys_of_any_length_cost_one_fixed_size_entry() {
+    #[tokio::test]
+    async fn keys_of_any_length_cost_one_fixed_size_entry() {
         let ledger = MemoryLedger::new(10, T0);
         let long = "k".repeat(100_000);
-        ledger.consume(&long, T0 + 60, T0).unwrap();
+        ledger.consume(&long, None, T0 + 60, T0).await.unwrap();
         assert_eq!(
-            ledger.consume(&long, T0 + 60, T0),
+            ledger.consume(&long, None, T0 + 60, T0).await,
             Err(LedgerError::Replayed)
         );
-        assert_eq!(ledger.consume(&long[1..], T0 + 60, T0), Ok(()));
+        assert_eq!(ledger.consume(&long[1..], None, T0 + 60, T0).await, Ok(()));
         assert_eq!(std::mem::size_of::<(Digest, Expiry)>(), 20);
     }
 }

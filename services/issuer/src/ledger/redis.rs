@@ -1,0 +1,470 @@
+//! The shared replay ledger (SPEC §7, distributed mode): one Redis or Valkey for every
+//! issuer replica, so an id consumed through one replica is refused by all.
+//!
+//! Each operation is one round trip — a Lua script, run atomically by the server — and
+//! is bounded by a timeout. Whatever goes wrong on the way (refused connection, lost
+//! connection, timeout, a server error such as out-of-memory) is
+//! [`LedgerError::Unavailable`]: the ledger fails closed and never answers `Ok` for a
+//! write it could not confirm. A consume that timed out may still have been recorded by
+//! the server; the item is then spent, which is the safe side.
+//!
+//! Keys are `baton:ledger:` and the hex of the first 128 bits of the logical key's
+//! SHA-256, so their length is fixed whatever the caller sends and no token, `jti` or
+//! SPIFFE ID is stored in the clear. The epoch lives in `baton:ledger:epoch`, without
+//! expiry; a store that lost it (restarted without persistence, flushed) gets a new one
+//! from the first script that notices, and every item issued before is then
+//! [`Stale`](LedgerError::Stale).
+//!
+//! Clocks: issue times come from the issuers, expiries are enforced by the Redis
+//! server. An entry is kept until the later of its `exp` and the server's clock plus
+//! the lifetime left by the caller's clock, so a server clock running ahead never
+//! shortens it. A new epoch is the later of the caller's and the server's clock.
+//!
+//! The store must not evict keys (`maxmemory-policy noeviction`, Redis's default):
+//! every ledger key carries an expiry, so even `volatile-*` policies could drop a live
+//! entry and reopen its replay window. [`RedisLedger::connect`] refuses a store it can
+//! see is configured to evict.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ErrorKind, RedisError, Script};
+use tracing::{debug, info, warn};
+
+use super::{LedgerError, LedgerFuture, ReplayLedger, digest_of};
+
+/// How long one ledger operation may take before it fails as
+/// [`LedgerError::Unavailable`], unless [`RedisLedger::connect_with_timeout`] says
+/// otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Namespace of every ledger key.
+const KEY_PREFIX: &str = "baton:ledger:";
+/// The epoch's key: outside the digest keys' space (those are 32 hex digits).
+const EPOCH_KEY: &str = "baton:ledger:epoch";
+/// Retries of a failed connection attempt before the manager gives up until the next
+/// operation asks again. Few and quick: while the store is down every operation waits
+/// on the attempt in flight, so a long backoff would hold each request for the whole
+/// timeout instead of failing it at once; and since any operation starts a new attempt,
+/// a restarted store is found again by the next request.
+const RECONNECT_RETRIES: usize = 1;
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(100);
+/// Highest expiry or issue time sent to the store (year 2106, as the memory ledger
+/// saturates): Lua numbers are doubles and print exactly below 10^14.
+const MAX_TIME: i64 = u32::MAX as i64;
+const _: () = assert!(
+    MAX_TIME * 1000 < 100_000_000_000_000,
+    "Lua's %.14g must print it"
+);
+
+/// Lua shared by the scripts that need the epoch: reads it, or sets a lost or absent
+/// one to the later of the caller's clock (`ARGV[1]`) and the server's. Leaves it in
+/// `epoch` and the server's seconds in `server_now`. `KEYS[1]` is the epoch key.
+macro_rules! epoch_lua {
+    () => {
+        r#"
+local now = tonumber(ARGV[1])
+local server_now = tonumber(redis.call('TIME')[1])
+local epoch = tonumber(redis.call('GET', KEYS[1]))
+if not epoch then
+  epoch = math.max(now, server_now)
+  redis.call('SET', KEYS[1], string.format('%d', epoch))
+end
+"#
+    };
+}
+
+/// `consume`: `KEYS[2]` the item's key; `ARGV[2]` its issue time or `-`, `ARGV[3]` its
+/// expiry. Returns 0 consumed (or already expired: nothing recorded), 1 replayed,
+/// 2 stale.
+const CONSUME_LUA: &str = concat!(
+    epoch_lua!(),
+    r#"
+if ARGV[2] ~= '-' and tonumber(ARGV[2]) <= epoch then
+  return 2
+end
+local exp = tonumber(ARGV[3])
+if exp <= now then
+  return 0
+end
+local at_ms = math.max(exp, server_now + (exp - now)) * 1000
+if redis.call('SET', KEYS[2], '1', 'NX', 'PXAT', string.format('%d', at_ms)) then
+  return 0
+end
+return 1
+"#
+);
+
+/// `epoch`: returns it, creating it if needed.
+const EPOCH_LUA: &str = concat!(epoch_lua!(), "return epoch\n");
+
+/// `mark`: `KEYS[1]` the key; `ARGV[1]` now, `ARGV[2]` expiry. Sets the key live until
+/// the later of its current expiry and the new one. Returns 0.
+const MARK_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local exp = tonumber(ARGV[2])
+if exp <= now then
+  return 0
+end
+local t = redis.call('TIME')
+local server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at_ms = math.max(exp * 1000, server_ms + (exp - now) * 1000)
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -1 or (ttl >= 0 and server_ms + ttl >= at_ms) then
+  return 0
+end
+redis.call('SET', KEYS[1], '1', 'PXAT', string.format('%d', at_ms))
+return 0
+"#;
+
+/// Why [`RedisLedger::connect`] gave up. No variant carries the URL: it may hold a
+/// password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisConnectError {
+    /// The URL does not parse as a Redis URL.
+    #[error(
+        "the store URL is not a Redis URL: use redis://[user:password@]host[:port][/db] or unix:///path"
+    )]
+    BadUrl,
+    /// `rediss://` or `valkeys://`: this build has no TLS client for the store.
+    #[error(
+        "TLS to the store (rediss://) is not supported by this build: reach Redis over a private network or a local TLS tunnel with redis://"
+    )]
+    TlsUnsupported,
+    /// No answer within the bound: the store is down, or the host or port is wrong.
+    #[error(
+        "the Redis store did not answer within {0:?}: check that it runs and the URL's host and port"
+    )]
+    Unreachable(Duration),
+    /// The store answered but refused us (authentication, ACL, a server error).
+    #[error(
+        "the Redis store refused the connection ({0}): check the URL's user, password and database"
+    )]
+    Refused(String),
+    /// The store evicts keys under memory pressure, which could drop unexpired ledger
+    /// entries and reopen their replay window.
+    #[error(
+        "the Redis store's maxmemory-policy is {0}: it may evict unexpired replay-ledger entries; set maxmemory-policy noeviction"
+    )]
+    EvictingStore(String),
+}
+
+/// A replay ledger in Redis (or Valkey), shared by every issuer replica using it.
+///
+/// Cheap to share behind an `Arc`; the connection inside reconnects by itself after a
+/// lost connection or a store restart, and fails each operation closed meanwhile.
+///
+/// ```no_run
+/// use baton_issuer::ledger::{RedisLedger, ReplayLedger};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let ledger = RedisLedger::connect("redis://127.0.0.1:6379").await?;
+/// let now = 1_700_000_100;
+/// ledger.consume("access-token abc", Some(now), now + 60, now).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct RedisLedger {
+    conn: ConnectionManager,
+    timeout: Duration,
+    consume: Script,
+    mark: Script,
+    epoch: Script,
+    /// Whether the last operation reached the store: logs a change once, not every
+    /// failed request during an outage.
+    reachable: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection's details include the URL: leave them out.
+        f.debug_struct("RedisLedger")
+            .field("timeout", &self.timeout)
+            .field("reachable", &self.reachable.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLedger {
+    /// Connects to the store at `url` with [`DEFAULT_TIMEOUT`] per operation.
+    pub async fn connect(url: &str) -> Result<Self, RedisConnectError> {
+        Self::connect_with_timeout(url, DEFAULT_TIMEOUT).await
+    }
+
+    /// Connects to the store at `url` (`redis://`, `valkey://`, `unix://`), bounding
+    /// every later operation by `timeout`. Gives up after three times `timeout` when
+    /// the store does not answer, so a start with the store down fails rather than
+    /// hangs. Fixes the ledger's epoch if the store has none yet.
+    pub async fn connect_with_timeout(
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Self, RedisConnectError> {
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        if matches!(scheme, Some("rediss" | "valkeys")) {
+            return Err(RedisConnectError::TlsUnsupported);
+        }
+        let client = Client::open(url).map_err(|_| RedisConnectError::BadUrl)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_min_delay(RECONNECT_MIN_DELAY)
+            .set_max_delay(RECONNECT_MAX_DELAY);
+        let bound = timeout.saturating_mul(3);
+        let start = async {
+            let conn = ConnectionManager::new_with_config(client, config).await?;
+            check_no_eviction(&mut conn.clone()).await?;
+            let ledger = Self {
+                conn,
+                timeout,
+                consume: Script::new(CONSUME_LUA),
+                mark: Script::new(MARK_LUA),
+                epoch: Script::new(EPOCH_LUA),
+                reachable: AtomicBool::new(true),
+            };
+            let epoch: i64 = ledger
+                .epoch
+                .key(EPOCH_KEY)
+                .arg(clamp(unix_now()))
+                .invoke_async(&mut ledger.conn.clone())
+                .await?;
+            debug!(epoch, "replay ledger store connected");
+            Ok::<_, StartError>(ledger)
+        };
+        match tokio::time::timeout(bound, start).await {
+            Err(_) => Err(RedisConnectError::Unreachable(bound)),
+            Ok(Ok(ledger)) => Ok(ledger),
+            Ok(Err(StartError::Evicting(policy))) => Err(RedisConnectError::EvictingStore(policy)),
+            Ok(Err(StartError::Redis(e))) if is_unreachable(&e) => {
+                Err(RedisConnectError::Unreachable(bound))
+            }
+            Ok(Err(StartError::Redis(e))) => Err(RedisConnectError::Refused(describe(&e))),
+        }
+    }
+
+    /// The per-operation bound.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs one store operation within the timeout; any failure is `Unavailable`.
+    async fn run<T>(
+        &self,
+        op: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, LedgerError> {
+        let outcome = tokio::time::timeout(self.timeout, op).await;
+        match outcome {
+            Ok(Ok(value)) => {
+                if !self.reachable.swap(true, Ordering::Relaxed) {
+                    info!("replay ledger store reachable again");
+                }
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                self.unreachable(&describe(&e));
+                Err(LedgerError::Unavailable)
+            }
+            Err(_) => {
+                self.unreachable("timed out");
+                Err(LedgerError::Unavailable)
+            }
+        }
+    }
+
+    fn unreachable(&self, why: &str) {
+        if self.reachable.swap(false, Ordering::Relaxed) {
+            warn!(
+                error = why,
+                "replay ledger store unavailable: one-time ids fail closed (503)"
+            );
+        } else {
+            debug!(error = why, "replay ledger store still unavailable");
+        }
+    }
+}
+
+impl ReplayLedger for RedisLedger {
+    fn consume<'a>(
+        &'a self,
+        key: &'a str,
+        issued_at: Option<i64>,
+        exp: i64,
+        now: i64,
+    ) -> LedgerFuture<'a, Result<(), LedgerError>> {
+        let mut invocation = self.consume.key(EPOCH_KEY);
+        invocation
+            .key(store_key(key))
+            .arg(clamp(now))
+            .arg(issued_at.map_or_else(|| "-".to_owned(), |iat| clamp(iat).to_string()))
+            .arg(clamp(exp));
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let status: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
+            match status {
+                0 => Ok(()),
+                1 => Err(LedgerError::Replayed),
+                2 => Err(LedgerError::Stale),
+                _ => Err(LedgerError::Unavailable),
+            }
+        })
+    }
+
+    fn mark<'a>(
+        &'a self,
+        key: &'a str,
+        exp: i64,
+        now: i64,
+    ) -> LedgerFuture<'a, Result<(), LedgerError>> {
+        let mut invocation = self.mark.key(store_key(key));
+        invocation.arg(clamp(now)).arg(clamp(exp));
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let _: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
+            Ok(())
+        })
+    }
+
+    fn contains<'a>(
+        &'a self,
+        key: &'a str,
+        _now: i64,
+    ) -> LedgerFuture<'a, Result<bool, LedgerError>> {
+        let cmd = redis::cmd("EXISTS").arg(store_key(key)).clone();
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let n: i64 = self.run(cmd.query_async(&mut conn)).await?;
+            Ok(n > 0)
+        })
+    }
+
+    fn epoch(&self, now: i64) -> LedgerFuture<'_, Result<i64, LedgerError>> {
+        let mut invocation = self.epoch.key(EPOCH_KEY);
+        invocation.arg(clamp(now));
+        let mut conn = self.conn.clone();
+        Box::pin(async move { self.run(invocation.invoke_async(&mut conn)).await })
+    }
+
+    fn ready(&self, _now: i64) -> LedgerFuture<'_, Result<(), LedgerError>> {
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let _: String = self.run(redis::cmd("PING").query_async(&mut conn)).await?;
+            Ok(())
+        })
+    }
+}
+
+/// What can stop a connection from starting, before it becomes a public error.
+enum StartError {
+    Redis(RedisError),
+    Evicting(String),
+}
+
+impl From<RedisError> for StartError {
+    fn from(e: RedisError) -> Self {
+        Self::Redis(e)
+    }
+}
+
+/// Refuses a store that says it evicts keys when full. A store that hides its
+/// configuration (managed services often disable `CONFIG`) is taken on trust.
+async fn check_no_eviction(conn: &mut ConnectionManager) -> Result<(), StartError> {
+    let config: Vec<String> = match redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await
+    {
+        Ok(config) => config,
+        Err(e) if is_unreachable(&e) => return Err(e.into()),
+        Err(e) => {
+            debug!(error = %describe(&e), "cannot read the store's eviction policy; assuming noeviction");
+            return Ok(());
+        }
+    };
+    let value = |name: &str| {
+        config
+            .chunks(2)
+            .find(|pair| pair.first().is_some_and(|n| n == name))
+            .and_then(|pair| pair.get(1))
+            .map(String::as_str)
+    };
+    let limited = value("maxmemory").is_some_and(|m| m != "0");
+    match value("maxmemory-policy") {
+        Some(policy) if limited && policy != "noeviction" => {
+            Err(StartError::Evicting(policy.to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The store key of a logical key: fixed length, and nothing of the key in the clear.
+fn store_key(key: &str) -> String {
+    use std::fmt::Write as _;
+    let digest = digest_of(key);
+    let mut out = String::with_capacity(KEY_PREFIX.len() + 2 * digest.len());
+    out.push_str(KEY_PREFIX);
+    for byte in digest {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+fn clamp(t: i64) -> i64 {
+    t.clamp(0, MAX_TIME)
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn is_unreachable(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped()
+}
+
+/// A log-safe description: the error's kind and the server's message, never the URL.
+fn describe(e: &RedisError) -> String {
+    match e.kind() {
+        ErrorKind::Io => e.to_string(),
+        kind => format!("{kind:?}: {}", e.detail().unwrap_or("no detail")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_keys_are_fixed_length_and_namespaced() {
+        let short = store_key("a");
+        let long = store_key(&"k".repeat(10_000));
+        assert_eq!(short.len(), KEY_PREFIX.len() + 32);
+        assert_eq!(short.len(), long.len());
+        assert!(short.starts_with(KEY_PREFIX));
+        assert_ne!(short, long);
+        assert_ne!(short, EPOCH_KEY, "digest keys never collide with the epoch");
+        assert!(!store_key("access-token secret-jti").contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn tls_and_malformed_urls_are_refused_without_echoing_them() {
+        for url in ["rediss://:hunter2@cache:6380", "valkeys://cache"] {
+            let err = RedisLedger::connect(url).await.unwrap_err();
+            assert_eq!(err, RedisConnectError::TlsUnsupported);
+            assert!(!err.to_string().contains("hunter2"));
+        }
+        let err = RedisLedger::connect("http://:hunter2@cache")
+            .await
+            .unwrap_err();
+        assert_eq!(err, RedisConnectError::BadUrl);
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn times_are_clamped_to_what_lua_prints_exactly() {
+        assert_eq!(clamp(i64::MAX), MAX_TIME);
+        assert_eq!(clamp(-5), 0);
+    }
+}
