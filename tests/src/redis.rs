@@ -28,6 +28,19 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// Starts a server with no persistence on `port` (e.g. one a killed server used).
+    pub fn start_on(port: u16) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            appendonly: false,
+        };
+        server.spawn();
+        server
+    }
+
     fn start_with(appendonly: bool) -> RedisServer {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));

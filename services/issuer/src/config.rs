@@ -71,7 +71,9 @@ pub struct Config {
     /// `https://<listen>` (`localhost` when listening on all addresses).
     #[serde(default, deserialize_with = "issuer_url")]
     pub issuer_url: Option<String>,
-    /// State store: `embedded` (the data directory). Redis arrives with distributed mode.
+    /// State store: `embedded` (the data directory), or a `redis://` (or `unix://`)
+    /// URL (distributed: every replica pointed at it shares keyring, ledger, deny list,
+    /// join tokens and policy).
     #[serde(default = "default_store")]
     pub store: String,
     /// Algorithm of newly created signing keys: `ES256` (default) or `EdDSA`.
@@ -260,12 +262,18 @@ impl Config {
                 problem: "must be between 5s and 7days".to_owned(),
             });
         }
-        if self.store != "embedded" {
+        if self.store.starts_with("rediss://") || self.store.starts_with("valkeys://") {
+            return Err(ConfigError::Range {
+                key: "store",
+                problem: "uses TLS (rediss://), which this build does not support: the Redis client's TLS would bring a second crypto provider; reach Redis over a private network or a TLS tunnel and use redis://".to_owned(),
+            });
+        }
+        if self.store != "embedded" && self.redis_url().is_none() {
             return Err(ConfigError::Range {
                 key: "store",
                 problem: format!(
-                    "{:?} is not available in this build: only \"embedded\" (the data directory) is",
-                    self.store
+                    "{:?} is neither \"embedded\" (the data directory) nor a redis:// or unix:// URL",
+                    crate::shared::redact(&self.store)
                 ),
             });
         }
@@ -308,6 +316,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The Redis URL of a distributed store, or `None` for the embedded one.
+    pub fn redis_url(&self) -> Option<&str> {
+        let scheme = self.store.split_once("://")?.0;
+        matches!(scheme, "redis" | "redis+unix" | "unix").then_some(self.store.as_str())
     }
 
     /// The issuer identifier: `issuer_url`, or `https://<listen>` with `localhost`
@@ -376,6 +390,19 @@ mod tests {
     }
 
     #[test]
+    fn store_is_embedded_or_a_redis_url() {
+        let env = std::iter::empty::<(String, String)>;
+        assert_eq!(Config::from_toml("", env()).unwrap().redis_url(), None);
+        let redis =
+            Config::from_toml("store = \"redis://:secret@10.0.0.5:6379/2\"", env()).unwrap();
+        assert_eq!(redis.redis_url(), Some("redis://:secret@10.0.0.5:6379/2"));
+        let err = Config::from_toml("store = \"memcached://:secret@x\"", env()).unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+        let err = Config::from_toml("store = \"rediss://x:6380\"", env()).unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
+    }
+
+    #[test]
     fn default_file_parses_to_the_defaults() {
         let config = Config::from_toml(&Config::default_file(), no_env()).unwrap();
         assert_eq!(config, Config::default());
@@ -432,7 +459,7 @@ mod tests {
             ("listen = \"localhost\"", "listen"),
             ("lisen = \"127.0.0.1:1\"", "lisen"),
             ("issuer_url = \"http://x\"", "issuer_url"),
-            ("store = \"redis://127.0.0.1\"", "store"),
+            ("store = \"memcached://127.0.0.1\"", "store"),
             ("token_alg = \"HS256\"", "token_alg"),
             ("rate_limit = 0", "rate_limit"),
             // Beyond what a 90-day signing certificate covers as `next` then `active`.

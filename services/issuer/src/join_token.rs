@@ -34,6 +34,9 @@ use zeroize::Zeroizing;
 use crate::fsio::{self, Mode};
 use crate::ledger::{LedgerError, ReplayLedger};
 use crate::pki::{self, PkiError};
+use crate::shared::{SharedStore, SharedStoreError};
+
+mod shared;
 
 /// Prefix that makes a join token recognisable (e.g. to secret scanners).
 pub const PREFIX: &str = "baton-jt-";
@@ -86,6 +89,9 @@ pub enum JoinTokenError {
     /// The system random number generator failed.
     #[error("the system random number generator failed")]
     Random,
+    /// The distributed store failed; nothing was made, spent or revoked.
+    #[error("join tokens: {0}")]
+    Shared(#[from] SharedStoreError),
 }
 
 /// A freshly made join token. The token itself is shown once and never stored.
@@ -133,23 +139,35 @@ pub enum Selector {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Record {
+pub(crate) struct Record {
     id: SpiffeId,
     expires_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     created_at: Option<i64>,
 }
 
-/// The join tokens of one data directory.
+/// The join tokens of one data directory, or of the distributed store.
 #[derive(Debug, Clone)]
 pub struct JoinTokens {
     dir: PathBuf,
+    /// Where the records live in distributed mode, instead of `dir`.
+    shared: Option<SharedStore>,
 }
 
 impl JoinTokens {
     /// The store in directory `dir` (created on first use).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            shared: None,
+        }
+    }
+
+    /// The records in the distributed store, shared by every replica (`dir` is then
+    /// unused).
+    pub fn with_shared_store(mut self, shared: SharedStore) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Makes a join token for `id`, valid for `ttl`.
@@ -164,8 +182,10 @@ impl JoinTokens {
         if ttl.is_zero() || ttl > MAX_TTL {
             return Err(JoinTokenError::Lifetime(ttl));
         }
-        fsio::create_private_dir(&self.dir).map_err(|source| self.io(&self.dir, source))?;
-        self.records(now);
+        if self.shared.is_none() {
+            fsio::create_private_dir(&self.dir).map_err(|source| self.io(&self.dir, source))?;
+            self.records(now)?;
+        }
 
         let mut secret = Zeroizing::new([0u8; SECRET_BYTES]);
         SystemRandom::new()
@@ -179,9 +199,15 @@ impl JoinTokens {
             created_at: Some(now.unix_timestamp()),
         };
         let hash_hex = hash_hex(&token);
-        let path = self.record_path(&hash_hex);
-        let bytes = serde_json::to_vec(&record).map_err(|_| JoinTokenError::Random)?;
-        fsio::write_new(&path, &bytes, Mode::Private).map_err(|source| self.io(&path, source))?;
+        match &self.shared {
+            Some(store) => shared::insert(store, &hash_hex, &record)?,
+            None => {
+                let path = self.record_path(&hash_hex);
+                let bytes = serde_json::to_vec(&record).map_err(|_| JoinTokenError::Random)?;
+                fsio::write_new(&path, &bytes, Mode::Private)
+                    .map_err(|source| self.io(&path, source))?;
+            }
+        }
         Ok(NewJoinToken {
             token,
             handle: hash_hex[..HANDLE_LEN].to_owned(),
@@ -202,16 +228,22 @@ impl JoinTokens {
             return Err(JoinTokenError::Invalid);
         }
         let hash_hex = hash_hex(token);
-        let path = self.record_path(&hash_hex);
-        let record = match fsio::read_bounded(&path, MAX_RECORD_BYTES) {
-            Ok(bytes) => {
-                serde_json::from_slice::<Record>(&bytes).map_err(|_| JoinTokenError::Invalid)?
+        let record = match &self.shared {
+            Some(store) => shared::get(store, &hash_hex)?.ok_or(JoinTokenError::Invalid)?,
+            None => {
+                let path = self.record_path(&hash_hex);
+                match fsio::read_bounded(&path, MAX_RECORD_BYTES) {
+                    Ok(bytes) => serde_json::from_slice::<Record>(&bytes)
+                        .map_err(|_| JoinTokenError::Invalid)?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(JoinTokenError::Invalid);
+                    }
+                    Err(source) => return Err(self.io(&path, source)),
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(JoinTokenError::Invalid),
-            Err(source) => return Err(self.io(&path, source)),
         };
         if now >= record.expires_at {
-            let _ = std::fs::remove_file(&path);
+            self.remove(&hash_hex);
             return Err(JoinTokenError::Invalid);
         }
         Ok(Found {
@@ -241,6 +273,13 @@ impl JoinTokens {
                 LedgerError::Replayed => JoinTokenError::Invalid,
                 _ => JoinTokenError::Unavailable,
             })?;
+        if let Some(store) = &self.shared {
+            // Revoked, or expired, since it was found: gone for every replica.
+            return match shared::claim(store, &found.hash_hex)? {
+                true => Ok(found.id),
+                false => Err(JoinTokenError::Invalid),
+            };
+        }
         let path = self.record_path(&found.hash_hex);
         let claimed = path.with_extension("redeemed");
         match std::fs::rename(&path, &claimed) {
@@ -256,14 +295,14 @@ impl JoinTokens {
 
     /// Every outstanding token at `now`, soonest expiry first. Expired records are
     /// removed on the way.
-    pub fn list(&self, now: OffsetDateTime) -> Vec<Outstanding> {
+    pub fn list(&self, now: OffsetDateTime) -> Result<Vec<Outstanding>, JoinTokenError> {
         let mut all: Vec<Outstanding> = self
-            .records(now)
+            .records(now)?
             .into_iter()
             .map(|(_, outstanding)| outstanding)
             .collect();
         all.sort_by(|a, b| (a.expires_at, &a.handle).cmp(&(b.expires_at, &b.handle)));
-        all
+        Ok(all)
     }
 
     /// Revokes the outstanding tokens `selector` names and returns them; none is an
@@ -279,8 +318,8 @@ impl JoinTokens {
                 return Err(JoinTokenError::BadHandle);
             }
         }
-        let chosen: Vec<(PathBuf, Outstanding)> = self
-            .records(now)
+        let chosen: Vec<(String, Outstanding)> = self
+            .records(now)?
             .into_iter()
             .filter(|(_, o)| match selector {
                 Selector::Handle(prefix) => o.handle.starts_with(&prefix.to_ascii_lowercase()),
@@ -293,7 +332,14 @@ impl JoinTokens {
             return Err(JoinTokenError::AmbiguousHandle(prefix.clone()));
         }
         let mut revoked = Vec::with_capacity(chosen.len());
-        for (path, outstanding) in chosen {
+        for (hash_hex, outstanding) in chosen {
+            if let Some(store) = &self.shared {
+                if shared::claim(store, &hash_hex)? {
+                    revoked.push(outstanding);
+                }
+                continue;
+            }
+            let path = self.record_path(&hash_hex);
             match std::fs::remove_file(&path) {
                 Ok(()) => revoked.push(outstanding),
                 // Redeemed or revoked meanwhile: not outstanding any more either way.
@@ -304,13 +350,42 @@ impl JoinTokens {
         Ok(revoked)
     }
 
-    /// The outstanding records with their paths; removes expired ones (best effort:
+    /// Removes the record of `hash_hex`, best effort (an expired record is inert).
+    fn remove(&self, hash_hex: &str) {
+        match &self.shared {
+            Some(store) => {
+                let _ = shared::claim(store, hash_hex);
+            }
+            None => {
+                let _ = std::fs::remove_file(self.record_path(hash_hex));
+            }
+        }
+    }
+
+    /// The outstanding records with their hashes; removes expired ones (best effort:
     /// a failure leaves only an inert file behind) and ignores anything unreadable.
-    fn records(&self, now: OffsetDateTime) -> Vec<(PathBuf, Outstanding)> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
+    fn records(&self, now: OffsetDateTime) -> Result<Vec<(String, Outstanding)>, JoinTokenError> {
         let now = now.unix_timestamp();
+        let outstanding = |hash: &str, record: Record| Outstanding {
+            handle: hash[..HANDLE_LEN].to_owned(),
+            id: record.id,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+        };
+        if let Some(store) = &self.shared {
+            // Redis expires records with their tokens.
+            return Ok(shared::all(store)?
+                .into_iter()
+                .filter(|(hash, record)| hash.len() == 64 && now < record.expires_at)
+                .map(|(hash, record)| {
+                    let o = outstanding(&hash, record);
+                    (hash, o)
+                })
+                .collect());
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for entry in entries.flatten().take(MAX_RECORDS) {
             let path = entry.path();
@@ -331,18 +406,9 @@ impl JoinTokens {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let handle = hash[..HANDLE_LEN].to_owned();
-            out.push((
-                path,
-                Outstanding {
-                    handle,
-                    id: record.id,
-                    created_at: record.created_at,
-                    expires_at: record.expires_at,
-                },
-            ));
+            out.push((hash.to_owned(), outstanding(hash, record)));
         }
-        out
+        Ok(out)
     }
 
     fn record_path(&self, hash_hex: &str) -> PathBuf {
@@ -403,7 +469,7 @@ mod tests {
             redeem(&s, &made.token, t).await,
             Err(JoinTokenError::Invalid)
         ));
-        assert!(s.store.list(now).is_empty());
+        assert!(s.store.list(now).unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -549,7 +615,9 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(!text.contains(secret) && !path.to_string_lossy().contains(secret));
         }
-        assert!(!format!("{:?}", s.store.list(OffsetDateTime::now_utc())).contains(secret));
+        assert!(
+            !format!("{:?}", s.store.list(OffsetDateTime::now_utc()).unwrap()).contains(secret)
+        );
     }
 
     #[tokio::test]
@@ -562,7 +630,7 @@ mod tests {
             .store
             .create(&s.td, &other, Duration::from_secs(60), now)
             .unwrap();
-        let listed = s.store.list(now);
+        let listed = s.store.list(now).unwrap();
         assert_eq!(listed.len(), 2);
         // Soonest expiry first.
         assert_eq!(
@@ -577,7 +645,7 @@ mod tests {
         assert_eq!(listed[1].expires_at, (now + DEFAULT_TTL).unix_timestamp());
 
         let later = now + Duration::from_secs(61);
-        assert_eq!(s.store.list(later).len(), 1);
+        assert_eq!(s.store.list(later).unwrap().len(), 1);
         assert_eq!(
             std::fs::read_dir(&s.store.dir).unwrap().count(),
             1,
@@ -614,7 +682,7 @@ mod tests {
                 Err(JoinTokenError::Invalid)
             ));
         }
-        assert!(s.store.list(now).is_empty());
+        assert!(s.store.list(now).unwrap().is_empty());
         // Nothing left to revoke is an empty answer, not an error.
         assert!(
             s.store
@@ -663,7 +731,7 @@ mod tests {
             Err(JoinTokenError::AmbiguousHandle(_))
         ));
         assert_eq!(
-            s.store.list(now).len(),
+            s.store.list(now).unwrap().len(),
             2,
             "an ambiguous revoke removes nothing"
         );

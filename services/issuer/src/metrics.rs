@@ -52,6 +52,10 @@ pub const KEY_ROTATIONS: &str = "baton_key_rotations_total";
 pub const SVIDS_ISSUED: &str = "baton_svids_issued_total";
 /// `POST /v1/svid` requests refused. Label: `reason`.
 pub const SVID_DENIALS: &str = "baton_svid_denials_total";
+/// Requests refused with 503 because the distributed store was unreachable.
+pub const STORE_REFUSALS: &str = "baton_store_unavailable_refusals_total";
+/// 1 while the distributed store answers, 0 while it does not (absent when embedded).
+pub const STORE_UP: &str = "baton_store_up";
 /// Outstanding join tokens revoked (`baton join-tokens revoke`).
 pub const JOIN_TOKENS_REVOKED: &str = "baton_join_tokens_revoked_total";
 

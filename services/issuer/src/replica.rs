@@ -134,6 +134,7 @@ impl ReplicaSync {
             Ok(_) => true,
             Err(e) => !e.is_unreachable(),
         };
+        metrics::gauge!(crate::metrics::STORE_UP).set(if reachable { 1.0 } else { 0.0 });
         if self.health.record(reachable, now) {
             if reachable {
                 tracing::info!(store = %self.shared.url(), "the shared store is reachable again");

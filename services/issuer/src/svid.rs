@@ -99,6 +99,13 @@ impl SvidIssuer {
         }
     }
 
+    /// Redeems join tokens of `join_tokens` (e.g. the distributed store's) instead of
+    /// the data directory's.
+    pub fn with_join_tokens(mut self, join_tokens: JoinTokens) -> Self {
+        self.join_tokens = join_tokens;
+        self
+    }
+
     /// The join token store.
     pub fn join_tokens(&self) -> &JoinTokens {
         &self.join_tokens

@@ -25,9 +25,9 @@ async fn connect(server: &RedisServer) -> RedisLedger {
 /// The ledger's keys in the store, the epoch aside.
 fn item_keys(server: &RedisServer) -> Vec<String> {
     server
-        .cli(&["--scan", "--pattern", "baton:ledger:*"])
+        .cli(&["--scan", "--pattern", "{baton}:ledger:*"])
         .lines()
-        .filter(|k| *k != "baton:ledger:epoch")
+        .filter(|k| *k != "{baton}:ledger:epoch")
         .map(str::to_owned)
         .collect()
 }
@@ -62,7 +62,7 @@ async fn key_is_consumed_once_and_stored_only_as_a_fixed_length_hash() {
     let keys = item_keys(&server);
     assert_eq!(keys.len(), 2, "{keys:?}");
     for key in &keys {
-        assert_eq!(key.len(), "baton:ledger:".len() + 32, "{key}");
+        assert_eq!(key.len(), "{baton}:ledger:".len() + 32, "{key}");
         assert!(!key.contains("do-not-store-me") && !key.contains("jjj"));
     }
     assert_eq!(ledger.contains(secret, now).await, Ok(true));

@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 use baton_issuer::fsio::{self, Mode};
 use baton_issuer::join_token::{self, JoinTokens};
 use baton_issuer::pki::{self, KeyType};
+use baton_issuer::shared::{self, SharedStore};
 use baton_proto::SpiffeId;
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -69,7 +70,14 @@ pub(super) fn run(ctx: &Context, args: EnrollArgs) -> anyhow::Result<()> {
 fn join(ctx: &Context, args: &EnrollArgs) -> anyhow::Result<()> {
     let store = ctx.data_dir.open(&ctx.kek)?;
     let ttl = args.ttl.map_or(join_token::DEFAULT_TTL, Duration::from);
-    let made = JoinTokens::new(ctx.data_dir.join_tokens_path())
+    let mut tokens = JoinTokens::new(ctx.data_dir.join_tokens_path());
+    // Distributed mode: the token goes where every replica redeems it.
+    if let Some(url) = ctx.config()?.redis_url() {
+        let shared = SharedStore::connect(url, shared::DEFAULT_TIMEOUT)
+            .context("cannot reach the distributed store")?;
+        tokens = tokens.with_shared_store(shared);
+    }
+    let made = tokens
         .create(store.ca().trust_domain(), &args.id, ttl, now())
         .with_context(|| format!("cannot make a join token for {}", args.id))?;
     if args.json {

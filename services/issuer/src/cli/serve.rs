@@ -12,13 +12,15 @@ use baton_issuer::config::Config;
 use baton_issuer::deny::DenyStore;
 use baton_issuer::introspect::Introspector;
 use baton_issuer::join_token::JoinTokens;
-use baton_issuer::keyring::Keyring;
-use baton_issuer::ledger::{MemoryLedger, ReplayLedger};
+use baton_issuer::keyring::{Home, Keyring};
+use baton_issuer::ledger::{MemoryLedger, RedisLedger, ReplayLedger};
 use baton_issuer::lifecycle::{FAILPOINT_ROTATE_AFTER_SEAL, KeyLifecycle};
 use baton_issuer::metrics as m;
 use baton_issuer::pki::{self, DEFAULT_CA_TTL};
 use baton_issuer::policy::{Policy, PolicyStore};
+use baton_issuer::replica::{POLL_INTERVAL, ReplicaSync, StoreHealth};
 use baton_issuer::server::{self, Issuer, RateLimiter};
+use baton_issuer::shared::{self, SharedStore};
 use baton_issuer::svid::SvidIssuer;
 use baton_proto::TrustDomain;
 use baton_proto::metadata::TOKEN_PATH;
@@ -106,25 +108,60 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     let ca = store.ca();
     let td = ca.trust_domain().clone();
 
-    let keyring = Keyring::load_or_init(&*store, config.token_alg, now())?;
+    // Distributed mode: keyring, deny list, policy, join tokens and the replay ledger
+    // live in Redis, shared by every replica (docs/distributed.md).
+    let shared = match config.redis_url() {
+        Some(url) => {
+            let shared = SharedStore::connect(url, shared::DEFAULT_TIMEOUT)
+                .context("cannot use the distributed store")?;
+            info!(store = %shared.url(), "distributed mode: state is shared through Redis");
+            Some(shared)
+        }
+        None => None,
+    };
+    let home = match &shared {
+        Some(shared) => Home::Shared(&store, shared),
+        None => Home::Files(&store),
+    };
+    let keyring = Keyring::load_or_init(home, config.token_alg, now())?;
     let policy_path = config.policy.clone();
-    let policy = Arc::new(match &policy_path {
-        Some(path) => PolicyStore::load(path.clone(), Some(td.clone()))
+    let policy = Arc::new(match (&shared, &policy_path) {
+        (Some(shared), _) => {
+            PolicyStore::open_shared(policy_path.clone(), Some(td.clone()), shared.clone())
+                .context("policy")?
+        }
+        (None, Some(path)) => PolicyStore::load(path.clone(), Some(td.clone()))
             .with_context(|| format!("policy {}", path.display()))?,
-        None => PolicyStore::new(Policy::deny_all(), None, Some(td.clone())),
+        (None, None) => PolicyStore::new(Policy::deny_all(), None, Some(td.clone())),
     });
     metrics::gauge!(m::POLICY_RULES).set(policy.current().summary().rules as f64);
 
     let bundle = pki::pem_certificates(store.bundle_pem().as_bytes())
         .map_err(|e| anyhow::anyhow!("trust bundle: {e}"))?;
-    let deny = Arc::new(DenyStore::open(ctx.data_dir.deny_list_path())?);
+    let deny = Arc::new(match &shared {
+        Some(shared) => DenyStore::open_shared(ctx.data_dir.deny_list_path(), shared.clone())?,
+        None => DenyStore::open(ctx.data_dir.deny_list_path())?,
+    });
     metrics::gauge!(m::DENIED_IDENTITIES).set(deny.list().len() as f64);
     // SPEC §7: the ledger starts empty, so it answers inactive for every token issued
     // up to this second (see `wait_until_after` below).
     let started_at = now().unix_timestamp();
-    let memory_ledger = Arc::new(MemoryLedger::new(LEDGER_CAPACITY, started_at));
-    metrics::gauge!(m::LEDGER_CAPACITY).set(LEDGER_CAPACITY as f64);
-    let ledger: Arc<dyn ReplayLedger> = memory_ledger.clone();
+    let (ledger, memory_ledger): (Arc<dyn ReplayLedger>, _) = match config.redis_url() {
+        // Distributed: one ledger in Redis for every replica, with its own epoch.
+        Some(url) => (
+            Arc::new(
+                RedisLedger::connect(url)
+                    .await
+                    .context("cannot use the distributed store's replay ledger")?,
+            ),
+            None,
+        ),
+        None => {
+            let memory = Arc::new(MemoryLedger::new(LEDGER_CAPACITY, started_at));
+            metrics::gauge!(m::LEDGER_CAPACITY).set(LEDGER_CAPACITY as f64);
+            (memory.clone(), Some(memory))
+        }
+    };
     let attestor = Attestor::new(
         bundle,
         td.clone(),
@@ -134,34 +171,55 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     )?;
     let introspector =
         Introspector::new(issuer.clone(), Arc::clone(deny.list()), Arc::clone(&ledger));
-    let svids = SvidIssuer::new(Arc::clone(&store), ledger, config.svid_ttl);
-    let state = Arc::new(
-        Issuer::new(
-            issuer.clone(),
-            keyring,
-            attestor,
-            introspector,
-            policy.clone(),
-            config.token_ttl,
-            RateLimiter::new(config.rate_limit, config.rate_burst),
-            config.jwks_max_age,
-            prometheus,
-        )
-        .with_enrollment(svids, config.svid_rate_limit),
-    );
+    let mut join_tokens = JoinTokens::new(ctx.data_dir.join_tokens_path());
+    if let Some(shared) = &shared {
+        join_tokens = join_tokens.with_shared_store(shared.clone());
+    }
+    let svids = SvidIssuer::new(Arc::clone(&store), ledger, config.svid_ttl)
+        .with_join_tokens(join_tokens.clone());
+    let health = Arc::new(StoreHealth::new(now().unix_timestamp()));
+    let mut issuer_state = Issuer::new(
+        issuer.clone(),
+        keyring,
+        attestor,
+        introspector,
+        policy.clone(),
+        config.token_ttl,
+        RateLimiter::new(config.rate_limit, config.rate_burst),
+        config.jwks_max_age,
+        prometheus,
+    )
+    .with_enrollment(svids, config.svid_rate_limit);
+    if shared.is_some() {
+        issuer_state = issuer_state.with_store_health(Arc::clone(&health));
+    }
+    let state = Arc::new(issuer_state);
     let app = server::app(state.clone(), config.request_timeout);
-    let keys = Arc::new(
-        KeyLifecycle::new(
-            Arc::clone(&store),
-            config.token_alg,
-            config.jwks_max_age,
-            config.rotation_period,
-            Arc::clone(&state),
-        )
-        .crash_after_seal(
-            std::env::var("BATON_FAILPOINT").is_ok_and(|v| v == FAILPOINT_ROTATE_AFTER_SEAL),
-        ),
+    let mut lifecycle = KeyLifecycle::new(
+        Arc::clone(&store),
+        config.token_alg,
+        config.jwks_max_age,
+        config.rotation_period,
+        Arc::clone(&state),
+    )
+    .crash_after_seal(
+        std::env::var("BATON_FAILPOINT").is_ok_and(|v| v == FAILPOINT_ROTATE_AFTER_SEAL),
     );
+    if let Some(shared) = &shared {
+        lifecycle = lifecycle.with_shared_store(shared.clone());
+    }
+    let keys = Arc::new(lifecycle);
+    if let Some(shared) = &shared {
+        let sync = ReplicaSync::new(
+            Arc::clone(&store),
+            shared.clone(),
+            Arc::clone(&state),
+            Arc::clone(&deny),
+            Arc::clone(&policy),
+            Arc::clone(&health),
+        );
+        tokio::spawn(replica_sync(Arc::new(sync)));
+    }
 
     let (dns_names, ips) = server_names(&config, &issuer);
     let tls = server::tls::server_config(ca, &dns_names, &ips, now())?;
@@ -173,7 +231,7 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(
                 AdminOps::new(deny, policy.clone(), td.clone())
                     .with_keys(Arc::clone(&keys))
-                    .with_join_tokens(JoinTokens::new(ctx.data_dir.join_tokens_path())),
+                    .with_join_tokens(join_tokens),
             ),
             stop_rx.clone(),
         ),
@@ -256,6 +314,25 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pulls other replicas' changes every [`POLL_INTERVAL`] for as long as the issuer runs.
+async fn replica_sync(sync: Arc<ReplicaSync>) {
+    let mut ticks = tokio::time::interval(POLL_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let task = Arc::clone(&sync);
+        match tokio::task::spawn_blocking(move || task.tick(now().unix_timestamp())).await {
+            Ok(Ok(_)) => {}
+            // Reachability is logged by the sync itself, on each change of state.
+            Ok(Err(e)) if e.is_unreachable() => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not take a change from the shared store; serving what this replica has")
+            }
+            Err(e) => warn!(error = %e, "replica sync panicked"),
+        }
+    }
+}
+
 /// Sleeps until the wall clock reads a Unix second later than `second`.
 async fn wait_until_after(second: i64) {
     loop {
@@ -284,7 +361,7 @@ async fn signals(
     stop: tokio::sync::watch::Sender<bool>,
     policy: Arc<PolicyStore>,
     state: Arc<Issuer>,
-    ledger: Arc<MemoryLedger>,
+    ledger: Option<Arc<MemoryLedger>>,
     keys: Arc<KeyLifecycle>,
 ) {
     let Signals {
@@ -305,8 +382,11 @@ async fn signals(
             }
             _ = housekeeping.tick() => {
                 state.housekeeping();
-                ledger.purge_expired(now().unix_timestamp());
-                metrics::gauge!(m::LEDGER_ENTRIES).set(ledger.len() as f64);
+                // Redis expires its ledger entries by itself.
+                if let Some(ledger) = &ledger {
+                    ledger.purge_expired(now().unix_timestamp());
+                    metrics::gauge!(m::LEDGER_ENTRIES).set(ledger.len() as f64);
+                }
             }
             _ = key_ticks.tick() => {
                 let keys = Arc::clone(&keys);

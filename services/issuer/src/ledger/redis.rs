@@ -8,9 +8,9 @@
 //! write it could not confirm. A consume that timed out may still have been recorded by
 //! the server; the item is then spent, which is the safe side.
 //!
-//! Keys are `baton:ledger:` and the hex of the first 128 bits of the logical key's
+//! Keys are `{baton}:ledger:` (the hash tag every Baton key shares) and the hex of the first 128 bits of the logical key's
 //! SHA-256, so their length is fixed whatever the caller sends and no token, `jti` or
-//! SPIFFE ID is stored in the clear. The epoch lives in `baton:ledger:epoch`, without
+//! SPIFFE ID is stored in the clear. The epoch lives in `{baton}:ledger:epoch`, without
 //! expiry; a store that lost it (restarted without persistence, flushed) gets a new one
 //! from the first script that notices, and every item issued before is then
 //! [`Stale`](LedgerError::Stale).
@@ -40,9 +40,9 @@ use super::{LedgerError, LedgerFuture, ReplayLedger, digest_of};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Namespace of every ledger key.
-const KEY_PREFIX: &str = "baton:ledger:";
+const KEY_PREFIX: &str = "{baton}:ledger:";
 /// The epoch's key: outside the digest keys' space (those are 32 hex digits).
-const EPOCH_KEY: &str = "baton:ledger:epoch";
+const EPOCH_KEY: &str = "{baton}:ledger:epoch";
 /// Retries of a failed connection attempt before the manager gives up until the next
 /// operation asks again. Few and quick: while the store is down every operation waits
 /// on the attempt in flight, so a long backoff would hold each request for the whole

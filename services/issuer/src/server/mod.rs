@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Guard};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +40,7 @@ use crate::introspect::Introspector;
 use crate::keyring::Keyring;
 use crate::metrics as m;
 use crate::policy::PolicyStore;
+use crate::replica::StoreHealth;
 use crate::svid::SvidIssuer;
 
 /// The keyring with the documents that publish it, swapped as one on every rotation
@@ -88,6 +89,8 @@ pub struct Issuer {
     metrics: PrometheusHandle,
     /// `POST /v1/svid`; absent, the endpoint answers 404.
     enrollment: Option<Enrollment>,
+    /// Reachability of the distributed store; absent for the embedded one.
+    store_health: Option<Arc<StoreHealth>>,
 }
 
 /// What `POST /v1/svid` needs beside attestation: the CA and join tokens, and its own
@@ -127,7 +130,20 @@ impl Issuer {
             jwks_cache_control,
             metrics,
             enrollment: None,
+            store_health: None,
         }
+    }
+
+    /// Fails closed while the distributed store is unreachable: every endpoint that
+    /// mints, consumes or revokes answers 503 with `Retry-After`, and `/readyz` 503.
+    pub fn with_store_health(mut self, health: Arc<StoreHealth>) -> Self {
+        self.store_health = Some(health);
+        self
+    }
+
+    /// Whether the store (embedded: always; distributed: at the last check) answers.
+    pub fn store_is_up(&self) -> bool {
+        self.store_health.as_ref().is_none_or(|h| h.is_up())
     }
 
     /// Serves `POST /v1/svid` with `issuer`, allowing each identity `per_minute`
@@ -187,13 +203,36 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::not_found() })
-        .with_state(state)
+        .with_state(Arc::clone(&state))
+        .layer(middleware::from_fn_with_state(state, fail_closed))
         .layer(middleware::from_fn(record_request))
         .layer(DefaultBodyLimit::max(form::MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+}
+
+/// With the distributed store unreachable, no one-time id can be checked or recorded:
+/// the endpoints that need the store answer 503 `temporarily_unavailable` with
+/// `Retry-After` before doing anything, and `/readyz` says why. JWKS, metadata,
+/// liveness and metrics keep answering from memory.
+async fn fail_closed(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.store_is_up() {
+        return next.run(req).await;
+    }
+    match req.uri().path() {
+        TOKEN_PATH | INTROSPECT_PATH | REVOKE_PATH | SVID_PATH => {
+            metrics::counter!(m::STORE_REFUSALS).increment(1);
+            ApiError::unavailable("the shared store is unreachable; retry shortly").into_response()
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the shared store is unreachable\n",
+        )
+            .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 async fn record_request(req: Request, next: Next) -> Response {

@@ -156,7 +156,7 @@ fn svid_error(e: SvidError) -> ApiError {
     match e {
         SvidError::Csr(_) | SvidError::SameKey => ApiError::invalid_request(e.to_string()),
         SvidError::JoinToken(JoinTokenError::Invalid) => ApiError::invalid_join_token(),
-        SvidError::JoinToken(JoinTokenError::Unavailable) => {
+        SvidError::JoinToken(JoinTokenError::Unavailable | JoinTokenError::Shared(_)) => {
             ApiError::unavailable("replay ledger unavailable; retry shortly")
         }
         SvidError::JoinToken(e) => {
