@@ -365,6 +365,9 @@ svid_rate_limit = 60
 # issuer_url = "https://baton.example.org"
 # Algorithm of new signing keys: "ES256" (default) or "EdDSA".
 token_alg = "ES256"
+# State store: "embedded" (this data directory) or a redis:// URL shared by every
+# replica (distributed mode; see docs/distributed.md).
+# store = "redis://127.0.0.1:6379/0"
 # Per-caller token request rate (per second) and burst.
 rate_limit = 100
 rate_burst = 200
