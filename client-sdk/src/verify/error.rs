@@ -6,7 +6,8 @@ use baton_proto::claims::{MAX_TOKEN_BYTES, MAX_TOKEN_TTL_SECS};
 
 use super::shared::GuardUnavailable;
 
-/// Why [`Verifier::verify`](crate::Verifier::verify) refused a token.
+/// Why [`Verifier::verify`](crate::Verifier::verify) or
+/// [`Verifier::verify_async`](crate::Verifier::verify_async) refused a token.
 ///
 /// Each variant is one rejection rule of SPEC §4; [`reason`](Self::reason) gives its
 /// stable snake_case label. Messages say what went wrong and what to do, and never

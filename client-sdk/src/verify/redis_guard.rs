@@ -52,7 +52,8 @@ return 0
 ///   expiry the verifier gives ([`Presentation::keep_until`]: the token's `exp` plus
 ///   the clock leeway), so Redis forgets each `jti` once its token could no longer be
 ///   accepted. The key is the base64url SHA-256 of `aud`, a zero byte and `jti`: fixed
-///   size, and two audiences never collide.
+///   size, and two audiences never collide. Issuer replicas share it when their ledger
+///   writes the same keys (this layout, this prefix) in the same Redis.
 /// - **Fails closed**: an error, a timeout, or Redis unreachable refuses the token with
 ///   [`VerifyError::SharedGuardUnavailable`](crate::VerifyError::SharedGuardUnavailable)
 ///   naming the reason. The connection ([`redis::aio::ConnectionManager`]) reconnects

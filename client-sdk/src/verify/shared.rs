@@ -20,6 +20,15 @@ use baton_proto::SpiffeId;
 
 /// The future a [`SharedReplayGuard`] returns: boxed, so the trait stays object safe
 /// and a verifier holds any guard as `Arc<dyn SharedReplayGuard>`.
+///
+/// ```
+/// use baton_sdk::{GuardFuture, GuardUnavailable, SharedReplayError};
+/// // A guard whose store is down answers like this, at once.
+/// fn down<'a>() -> GuardFuture<'a> {
+///     Box::pin(async { Err(SharedReplayError::Unavailable(GuardUnavailable::Unreachable)) })
+/// }
+/// # let _ = down();
+/// ```
 pub type GuardFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SharedReplayError>> + Send + 'a>>;
 
 /// A token that passed every other check, as a shared guard needs to see it.
