@@ -4,7 +4,9 @@
 //! valid, unused Baton token for this service (`Authorization: Bearer …`). Anything
 //! else is answered 401 with an RFC 6750 `WWW-Authenticate` header naming the reason,
 //! or 503 when the verifier cannot decide (keys or replay guard unavailable): a
-//! callee fails closed.
+//! callee fails closed. The extractor verifies with
+//! [`Verifier::verify_async`](crate::Verifier::verify_async), so a shared replay guard
+//! (Redis, introspection) is consulted when the verifier has one.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -52,7 +54,12 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let verifier = Arc::<Verifier>::from_ref(state);
         let token = bearer(parts).ok_or(Rejection::MissingToken)?;
-        verifier.verify(token).map_err(Rejection::Invalid)
+        // verify_async is verify for a local guard, and the only way to consult a
+        // shared one (Redis, introspection).
+        verifier
+            .verify_async(token)
+            .await
+            .map_err(Rejection::Invalid)
     }
 }
 

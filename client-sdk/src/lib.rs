@@ -4,8 +4,8 @@
 //!   with signing keys it trusts only when their `x5c` certificate chains to the trust
 //!   bundle and carries the reserved `spiffe://<td>/baton/token-signer` ID. Keys come
 //!   from a JWKS file or, with the `fetch` feature, from the issuer, cached and
-//!   refreshed in the background. A [`ReplayGuard`] makes each token usable once
-//!   ([`LocalReplayGuard`]: once per verifier process).
+//!   refreshed in the background. A replay guard makes each token usable once:
+//!   local by default, or shared by every replica (see below).
 //! - **Caller** (`client` feature): a [`TokenClient`] gets a fresh token for one
 //!   audience over mTLS or with a signed client assertion, optionally from a small
 //!   prefetched pool. It is built from a workload certificate and key, or from a join
@@ -16,6 +16,24 @@
 //!
 //! With `default-features = false` only verification from a JWKS remains: no tokio, no
 //! HTTP client.
+//!
+//! # Replay guards: what "one-time" means
+//!
+//! Guarantees, as SPEC §7 states them: local SDK guard = once per verifier process;
+//! Redis guard or introspection = once across every verifier and issuer replica
+//! sharing the store.
+//!
+//! | guard | how | call | guarantee |
+//! |---|---|---|---|
+//! | [`LocalReplayGuard`] (default) | in memory, no network call | [`Verifier::verify`] | once per verifier process |
+//! | `RedisReplayGuard` (feature `redis`) | one `SET NX PXAT` round trip to a shared Redis | [`Verifier::verify_async`] | once across every verifier and issuer replica sharing the store |
+//! | `IntrospectionReplayGuard` (feature `client`) | RFC 7662 introspection at the issuer, as the callee | [`Verifier::verify_async`] | once across every verifier and issuer replica sharing the store |
+//!
+//! Shared guards ([`SharedReplayGuard`]) are set with
+//! [`VerifierBuilder::shared_replay_guard`]; they fail closed (a guard that cannot
+//! answer in time refuses the token), and a verifier that has one refuses the
+//! synchronous `verify` ([`VerifyError::AsyncVerificationRequired`]) rather than skip
+//! it.
 //!
 //! ```
 //! use baton_sdk::SpiffeId;
@@ -29,10 +47,15 @@
 pub use baton_proto::{SpiffeId, SpiffeIdError, TrustDomain};
 
 mod verify;
+#[cfg(feature = "client")]
+pub use verify::IntrospectionReplayGuard;
 pub use verify::{
-    BuildError, LocalReplayGuard, ReplayError, ReplayGuard, VerifiedCaller, Verifier,
-    VerifierBuilder, VerifyError,
+    BuildError, GuardFuture, GuardUnavailable, LocalReplayGuard, Presentation, ReplayError,
+    ReplayGuard, SharedReplayError, SharedReplayGuard, VerifiedCaller, Verifier, VerifierBuilder,
+    VerifyError,
 };
+#[cfg(feature = "redis")]
+pub use verify::{RedisGuardBuilder, RedisGuardError, RedisReplayGuard};
 
 #[cfg(feature = "client")]
 mod client;

@@ -118,3 +118,75 @@ async fn token_for_another_callee_is_refused_with_its_reason() {
             .contains("error_description=\"wrong_audience\"")
     );
 }
+
+/// A shared replay guard stand-in: one-time in memory, or down.
+#[derive(Debug, Default)]
+struct Shared {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl baton_sdk::SharedReplayGuard for Shared {
+    fn consume<'a>(&'a self, p: baton_sdk::Presentation<'a>) -> baton_sdk::GuardFuture<'a> {
+        use baton_sdk::{GuardUnavailable, SharedReplayError};
+        Box::pin(async move {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(SharedReplayError::Unavailable(
+                    GuardUnavailable::Unreachable,
+                ));
+            }
+            if self.seen.lock().unwrap().insert(p.jti().to_owned()) {
+                Ok(())
+            } else {
+                Err(SharedReplayError::Replayed)
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn extractor_consults_a_shared_guard_and_answers_503_when_it_is_down() {
+    let ca = Ca::new(TD);
+    let signer = ca.signer(Alg::Es256);
+    let shared = Arc::new(Shared::default());
+    let verifier = Verifier::builder(ISSUER, AUDIENCE.parse().unwrap(), ca.pem.as_bytes())
+        .unwrap()
+        .jwks(&jwks(&[signer.jwk()]))
+        .unwrap()
+        .shared_replay_guard(shared.clone())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/",
+            get(|caller: VerifiedCaller| async move { caller.id.to_string() }),
+        )
+        .with_state(Arc::new(verifier));
+
+    let token = signer.token(&claims(unix_now()));
+    let (status, _, body) = call(&app, Some(&format!("Bearer {token}"))).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, CALLER));
+    let (status, challenge, _) = call(&app, Some(&format!("Bearer {token}"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenge
+            .unwrap()
+            .contains("error_description=\"replayed\"")
+    );
+
+    shared.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let fresh = signer.token(&claims(unix_now()));
+    let (status, challenge, _) = call(&app, Some(&format!("Bearer {fresh}"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        challenge
+            .unwrap()
+            .contains("error_description=\"replay_guard_unavailable\"")
+    );
+    // The outage burned nothing: once the guard is back, the token is accepted once.
+    shared
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, _, _) = call(&app, Some(&format!("Bearer {fresh}"))).await;
+    assert_eq!(status, StatusCode::OK);
+}

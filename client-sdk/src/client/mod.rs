@@ -28,8 +28,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_proto::SpiffeId;
 use baton_proto::claims::{CLIENT_ASSERTION_TYPE, GRANT_TYPE_CLIENT_CREDENTIALS, MAX_BATCH_COUNT};
-use baton_proto::metadata::{SVID_PATH, TOKEN_PATH};
-use baton_proto::requests::TokenRequest;
+use baton_proto::metadata::{INTROSPECT_PATH, SVID_PATH, TOKEN_PATH};
+use baton_proto::requests::{IntrospectRequest, TokenRequest};
+use baton_proto::responses::IntrospectionResponse;
 use ring::rand::SystemRandom;
 
 pub use error::{ConfigError, SvidError, TokenError};
@@ -482,6 +483,28 @@ impl TokenClient {
         }
     }
 
+    /// Introspects `token` at the issuer (RFC 7662), attesting as this workload. When
+    /// this workload is the token's audience, an active answer is the token's one use
+    /// (SPEC §5): the issuer consumes its `jti`.
+    pub(crate) async fn introspect(
+        &self,
+        token: &str,
+    ) -> Result<IntrospectionResponse, TokenError> {
+        let credentials = self.inner.credentials();
+        let assertion = credentials
+            .signer
+            .as_ref()
+            .map(|signer| signer.sign(unix_now()))
+            .transpose()?;
+        let form = IntrospectRequest {
+            token: token.to_owned(),
+            token_type_hint: None,
+            client_assertion_type: assertion.as_ref().map(|_| CLIENT_ASSERTION_TYPE.to_owned()),
+            client_assertion: assertion,
+        };
+        credentials.endpoints.introspect(&form).await
+    }
+
     /// One request to the token endpoint for `count` tokens.
     async fn mint(
         &self,
@@ -670,6 +693,7 @@ fn issuer_urls(issuer_url: &str) -> Result<(String, Urls), ConfigError> {
     let urls = Urls {
         token: endpoint(TOKEN_PATH)?,
         svid: endpoint(SVID_PATH)?,
+        introspect: endpoint(INTROSPECT_PATH)?,
     };
     Ok((issuer.to_owned(), urls))
 }
@@ -690,6 +714,10 @@ mod tests {
         assert_eq!(issuer, "https://baton.example.org");
         assert_eq!(urls.token.as_str(), "https://baton.example.org/v1/token");
         assert_eq!(urls.svid.as_str(), "https://baton.example.org/v1/svid");
+        assert_eq!(
+            urls.introspect.as_str(),
+            "https://baton.example.org/v1/introspect"
+        );
         let (issuer, urls) = issuer_urls("https://gw.example.org:8443/baton").unwrap();
         assert_eq!(issuer, "https://gw.example.org:8443/baton");
         assert_eq!(

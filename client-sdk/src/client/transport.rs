@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_proto::error::ErrorBody;
-use baton_proto::requests::{SvidRequest, TokenRequest};
-use baton_proto::responses::{SvidResponse, TokenResponse};
+use baton_proto::requests::{IntrospectRequest, SvidRequest, TokenRequest};
+use baton_proto::responses::{IntrospectionResponse, SvidResponse, TokenResponse};
 use reqwest::header::RETRY_AFTER;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -80,6 +80,8 @@ pub(crate) struct Urls {
     pub(crate) token: reqwest::Url,
     /// `POST /v1/svid`.
     pub(crate) svid: reqwest::Url,
+    /// `POST /v1/introspect`.
+    pub(crate) introspect: reqwest::Url,
 }
 
 /// The endpoints of one issuer, reached through one HTTPS client.
@@ -129,6 +131,17 @@ impl Endpoints {
         let body = self.post(&self.urls.svid, form).await?;
         serde_json::from_slice(&body)
             .map_err(|_| TokenError::Malformed("the body is not an SVID response"))
+    }
+
+    /// Posts `form` to the introspection endpoint and returns its RFC 7662 answer.
+    pub(crate) async fn introspect(
+        &self,
+        form: &IntrospectRequest,
+    ) -> Result<IntrospectionResponse, TokenError> {
+        let body = self.post(&self.urls.introspect, form).await?;
+        serde_json::from_slice(&body).map_err(|_| {
+            TokenError::Malformed("the body is not an RFC 7662 introspection response")
+        })
     }
 
     /// Posts `form` to `url`: the body of a 2xx answer, or the refusal as a typed error.

@@ -4,7 +4,10 @@
 
 use baton_proto::claims::{MAX_TOKEN_BYTES, MAX_TOKEN_TTL_SECS};
 
-/// Why [`Verifier::verify`](crate::Verifier::verify) refused a token.
+use super::shared::GuardUnavailable;
+
+/// Why [`Verifier::verify`](crate::Verifier::verify) or
+/// [`Verifier::verify_async`](crate::Verifier::verify_async) refused a token.
 ///
 /// Each variant is one rejection rule of SPEC §4; [`reason`](Self::reason) gives its
 /// stable snake_case label. Messages say what went wrong and what to do, and never
@@ -89,6 +92,32 @@ pub enum VerifyError {
     /// The replay guard could not record the `jti`. Fails closed.
     #[error("replay guard unavailable; retry shortly")]
     ReplayGuardUnavailable,
+    /// The shared replay guard (Redis, introspection) could not tell whether the token
+    /// was used; the inner value says why. Fails closed.
+    #[error("shared replay guard unavailable ({0}); retry shortly")]
+    SharedGuardUnavailable(GuardUnavailable),
+    /// The issuer's introspection answered inactive: the token was used already (by
+    /// this or another verifier, or introspected), revoked, or is otherwise not valid.
+    #[error(
+        "the issuer reports the token inactive (already used or revoked); the caller must \
+         request a fresh one per call"
+    )]
+    Inactive,
+    /// The token was issued at or before the shared replay store's epoch: the store
+    /// lost its data since, so whether the token was used cannot be known.
+    #[error(
+        "token was issued before the shared replay store lost its data, so it may have been \
+         used already; the caller must request a fresh one"
+    )]
+    PredatesReplayLedger,
+    /// This verifier has a shared replay guard, which only
+    /// [`Verifier::verify_async`](crate::Verifier::verify_async) consults: the
+    /// synchronous `verify` refuses every token rather than skip the guard.
+    #[error(
+        "this verifier has a shared replay guard: call Verifier::verify_async, which consults \
+         it (verify refuses rather than skip it)"
+    )]
+    AsyncVerificationRequired,
 }
 
 impl VerifyError {
@@ -113,15 +142,27 @@ impl VerifyError {
             Self::LifetimeTooLong => "lifetime_too_long",
             Self::MissingJti => "missing_jti",
             Self::Replayed => "replayed",
-            Self::ReplayGuardUnavailable => "replay_guard_unavailable",
+            Self::ReplayGuardUnavailable | Self::SharedGuardUnavailable(_) => {
+                "replay_guard_unavailable"
+            }
+            Self::Inactive => "inactive",
+            Self::PredatesReplayLedger => "predates_replay_ledger",
+            Self::AsyncVerificationRequired => "verify_async_required",
         }
     }
 
     /// Whether the failure is the verifier's, not the token's: keys or replay guard
-    /// unavailable. An HTTP callee answers these with 503 and `Retry-After` rather
-    /// than 401, so callers retry instead of giving up.
+    /// unavailable, or a shared guard the caller of `verify` skipped. An HTTP callee
+    /// answers these with 503 and `Retry-After` rather than 401, so callers retry
+    /// instead of giving up.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::KeysUnavailable | Self::ReplayGuardUnavailable)
+        matches!(
+            self,
+            Self::KeysUnavailable
+                | Self::ReplayGuardUnavailable
+                | Self::SharedGuardUnavailable(_)
+                | Self::AsyncVerificationRequired
+        )
     }
 }
 
@@ -163,6 +204,13 @@ pub enum BuildError {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// Both a local [`replay_guard`](crate::VerifierBuilder::replay_guard) and a
+    /// [`shared_replay_guard`](crate::VerifierBuilder::shared_replay_guard) were given.
+    #[error(
+        "replay_guard (local) and shared_replay_guard exclude each other; a verifier consumes \
+         each token in one ledger"
+    )]
+    ConflictingReplayGuards,
     /// [`build`](crate::VerifierBuilder::build) was called without static keys.
     #[error(
         "no key source: give static keys with VerifierBuilder::jwks, or fetch them from the issuer \

@@ -6,13 +6,22 @@
 //! → `alg` equals the key's → signature → claims → `iss` → `aud` → `exp` → `nbf` /
 //! `iat` → lifetime → `jti` → replay guard, last, so a token that fails anything else
 //! never burns its `jti`.
+//!
+//! The replay guard is local and synchronous by default (`replay`), or shared and
+//! asynchronous (`shared`: Redis in `redis_guard`, the issuer's introspection in
+//! `introspection`), consulted only by `verify_async`.
 
 mod error;
 #[cfg(feature = "fetch")]
 mod fetch;
+#[cfg(feature = "client")]
+mod introspection;
 mod jws;
 mod keys;
+#[cfg(feature = "redis")]
+mod redis_guard;
 mod replay;
+mod shared;
 
 use std::sync::Arc;
 #[cfg(feature = "fetch")]
@@ -26,7 +35,14 @@ use baton_proto::jwks::Jwks;
 use serde::Deserialize;
 
 pub use error::{BuildError, VerifyError};
+#[cfg(feature = "client")]
+pub use introspection::IntrospectionReplayGuard;
+#[cfg(feature = "redis")]
+pub use redis_guard::{RedisGuardBuilder, RedisGuardError, RedisReplayGuard};
 pub use replay::{LocalReplayGuard, ReplayError, ReplayGuard};
+pub use shared::{
+    GuardFuture, GuardUnavailable, Presentation, SharedReplayError, SharedReplayGuard,
+};
 
 use jws::{Compact, Header};
 use keys::{KeyStore, KeyTrust, MAX_JWKS_BYTES, TrustedSet};
@@ -116,8 +132,33 @@ pub struct Verifier {
     leeway: i64,
     keys: Arc<KeyStore>,
     replay: Arc<dyn ReplayGuard>,
+    /// When set, tokens are consumed here instead, by `verify_async` only.
+    shared: Option<Arc<dyn SharedReplayGuard>>,
     #[cfg(feature = "fetch")]
     refresher: Option<Refresher>,
+}
+
+/// A token that passed every check but the replay guard.
+struct Checked {
+    claims: AccessTokenClaims,
+    scopes: Vec<String>,
+    /// `exp` plus the leeway: when the replay guard may forget the `jti`.
+    keep_until: i64,
+}
+
+impl Checked {
+    fn into_caller(self) -> VerifiedCaller {
+        let claims = self.claims;
+        VerifiedCaller {
+            id: claims.sub,
+            scopes: self.scopes,
+            session_id: claims.sid,
+            jti: claims.jti,
+            issued_at: claims.iat,
+            expires_at: claims.exp,
+            cnf_x5t_s256: claims.cnf.map(|cnf| cnf.x5t_s256),
+        }
+    }
 }
 
 impl std::fmt::Debug for Verifier {
@@ -128,6 +169,7 @@ impl std::fmt::Debug for Verifier {
             .field("leeway", &self.leeway)
             .field("keys", &self.keys)
             .field("replay", &self.replay)
+            .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +198,7 @@ impl Verifier {
             trust: Arc::new(trust),
             static_keys: None,
             replay: None,
+            shared: None,
             leeway: MAX_CLOCK_LEEWAY_SECS,
             #[cfg(feature = "fetch")]
             fetch: FetchOptions::default(),
@@ -178,7 +221,113 @@ impl Verifier {
     /// services call [`verify`](Self::verify). Never makes a network call: with fetched keys, an
     /// unknown `kid` returns [`VerifyError::UnknownKey`] and asks the background task
     /// for a rate-limited refresh.
+    ///
+    /// A verifier built with a
+    /// [`shared_replay_guard`](VerifierBuilder::shared_replay_guard) refuses every
+    /// token here with [`VerifyError::AsyncVerificationRequired`]: only
+    /// [`verify_async`](Self::verify_async) consults that guard, and skipping it
+    /// would silently weaken "once across replicas" to "once per process".
     pub fn verify_at(&self, token: &str, now: i64) -> Result<VerifiedCaller, VerifyError> {
+        if self.shared.is_some() {
+            return Err(VerifyError::AsyncVerificationRequired);
+        }
+        let checked = self.check(token, now)?;
+        // Last, so a token that fails any check above leaves its jti unused. The guard
+        // remembers the jti until this verifier would refuse the token anyway.
+        self.replay
+            .consume(&checked.claims.jti, checked.keep_until, now)
+            .map_err(|e| match e {
+                ReplayError::Replayed => VerifyError::Replayed,
+                ReplayError::Unavailable => VerifyError::ReplayGuardUnavailable,
+            })?;
+        Ok(checked.into_caller())
+    }
+
+    /// Verifies `token` at the system clock's time, consuming it in the shared replay
+    /// guard when one is configured; see [`verify_async_at`](Self::verify_async_at).
+    ///
+    /// ```
+    /// # mod support { include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_support/mod.rs")); }
+    /// # use support::*;
+    /// # let ca = Ca::new(TD);
+    /// # let signer = ca.signer(Alg::Es256);
+    /// # let bundle_pem = ca.pem.clone();
+    /// # let jwks_json = jwks(&[signer.jwk()]);
+    /// # let token = signer.token(&claims(unix_now()));
+    /// # tokio::runtime::Runtime::new()?.block_on(async {
+    /// use baton_sdk::{Verifier, VerifyError};
+    ///
+    /// // With the default local guard, verify_async is verify, awaited.
+    /// let verifier = Verifier::builder("https://baton.example.org", "spiffe://example.org/fn/payments".parse()?, bundle_pem.as_bytes())?
+    ///     .jwks(&jwks_json)?
+    ///     .build()?;
+    /// let caller = verifier.verify_async(&token).await?;
+    /// assert_eq!(caller.id.as_str(), "spiffe://example.org/fn/orders");
+    /// assert_eq!(verifier.verify_async(&token).await, Err(VerifyError::Replayed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn verify_async(&self, token: &str) -> Result<VerifiedCaller, VerifyError> {
+        self.verify_async_at(token, unix_now()).await
+    }
+
+    /// Verifies `token` as of `now` (Unix seconds) like [`verify_at`](Self::verify_at),
+    /// then consumes its `jti` in the shared replay guard, if the verifier has one
+    /// (else in its local guard, with no network call).
+    ///
+    /// Every local check runs first, so a token that fails one never reaches the
+    /// guard. The guard's answer maps to [`VerifyError::Replayed`],
+    /// [`VerifyError::Inactive`] (introspection), [`VerifyError::PredatesReplayLedger`]
+    /// (Redis lost its data after the token was issued) or
+    /// [`VerifyError::SharedGuardUnavailable`] (fail closed: the token is refused).
+    /// An unknown `kid` is handled as in `verify_at`.
+    ///
+    /// ```no_run
+    /// # #[cfg(all(feature = "redis", feature = "fetch"))]
+    /// # async fn example(redis_url: &str, bundle_pem: &[u8], token: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use baton_sdk::{RedisReplayGuard, Verifier};
+    ///
+    /// let guard = RedisReplayGuard::connect(redis_url).await?;
+    /// let verifier = Verifier::builder("https://baton.example.org", "spiffe://example.org/fn/payments".parse()?, bundle_pem)?
+    ///     .shared_replay_guard(Arc::new(guard))
+    ///     .build_fetching()
+    ///     .await?;
+    /// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    /// let caller = verifier.verify_async_at(token, now).await?;
+    /// # let _ = caller;
+    /// # Ok(()) }
+    /// ```
+    pub async fn verify_async_at(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<VerifiedCaller, VerifyError> {
+        let Some(guard) = &self.shared else {
+            return self.verify_at(token, now);
+        };
+        let checked = self.check(token, now)?;
+        let presentation = Presentation {
+            token,
+            audience: &self.audience,
+            jti: &checked.claims.jti,
+            issued_at: checked.claims.iat,
+            expires_at: checked.claims.exp,
+            keep_until: checked.keep_until,
+            now,
+        };
+        guard.consume(presentation).await.map_err(|e| match e {
+            SharedReplayError::Replayed => VerifyError::Replayed,
+            SharedReplayError::Inactive => VerifyError::Inactive,
+            SharedReplayError::PredatesEpoch => VerifyError::PredatesReplayLedger,
+            SharedReplayError::Unavailable(why) => VerifyError::SharedGuardUnavailable(why),
+        })?;
+        Ok(checked.into_caller())
+    }
+
+    /// Every check but the replay guard, in SPEC §4 order.
+    fn check(&self, token: &str, now: i64) -> Result<Checked, VerifyError> {
         // Shape: bounded before anything is decoded.
         if token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::TooLarge);
@@ -208,24 +357,11 @@ impl Verifier {
             Ok(scope) => scope.map_or_else(Vec::new, |s| s.iter().map(str::to_owned).collect()),
             Err(_) => return Err(VerifyError::Malformed("scope is not an RFC 6749 scope")),
         };
-
-        // Last, so a token that fails any check above leaves its jti unused. The guard
-        // remembers the jti until this verifier would refuse the token anyway.
-        let until = claims.exp.saturating_add(self.leeway);
-        self.replay
-            .consume(&claims.jti, until, now)
-            .map_err(|e| match e {
-                ReplayError::Replayed => VerifyError::Replayed,
-                ReplayError::Unavailable => VerifyError::ReplayGuardUnavailable,
-            })?;
-        Ok(VerifiedCaller {
-            id: claims.sub,
+        let keep_until = claims.exp.saturating_add(self.leeway);
+        Ok(Checked {
+            claims,
             scopes,
-            session_id: claims.sid,
-            jti: claims.jti,
-            issued_at: claims.iat,
-            expires_at: claims.exp,
-            cnf_x5t_s256: claims.cnf.map(|cnf| cnf.x5t_s256),
+            keep_until,
         })
     }
 
@@ -374,6 +510,7 @@ pub struct VerifierBuilder {
     trust: Arc<KeyTrust>,
     static_keys: Option<TrustedSet>,
     replay: Option<Arc<dyn ReplayGuard>>,
+    shared: Option<Arc<dyn SharedReplayGuard>>,
     leeway: u64,
     #[cfg(feature = "fetch")]
     fetch: FetchOptions,
@@ -429,11 +566,63 @@ impl VerifierBuilder {
     }
 
     /// Replaces the default replay guard (a [`LocalReplayGuard`] of default capacity,
-    /// one per verifier) — e.g. with a shared one, so tokens are one-time across
-    /// replicas.
+    /// one per verifier) with another synchronous one, consulted by
+    /// [`Verifier::verify`] with no network call. For one-time use across replicas,
+    /// use [`shared_replay_guard`](Self::shared_replay_guard) instead.
     pub fn replay_guard(mut self, guard: Arc<dyn ReplayGuard>) -> Self {
         self.replay = Some(guard);
         self
+    }
+
+    /// Consumes tokens in a shared replay guard instead of the local one, so each is
+    /// accepted once across every verifier sharing its store: a
+    /// [`RedisReplayGuard`](crate::RedisReplayGuard) (feature `redis`) or an
+    /// [`IntrospectionReplayGuard`](crate::IntrospectionReplayGuard) (feature `client`).
+    ///
+    /// A shared guard is a network call: verify with
+    /// [`Verifier::verify_async`]; the synchronous [`Verifier::verify`] of such a
+    /// verifier refuses every token with [`VerifyError::AsyncVerificationRequired`]
+    /// rather than skip the guard. Excludes [`replay_guard`](Self::replay_guard)
+    /// ([`BuildError::ConflictingReplayGuards`]).
+    ///
+    /// ```no_run
+    /// # #[cfg(all(feature = "client", feature = "fetch"))]
+    /// # async fn example(bundle_pem: &[u8], client: baton_sdk::TokenClient) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use baton_sdk::{IntrospectionReplayGuard, Verifier};
+    ///
+    /// // The callee's own TokenClient: it introspects as the token's audience.
+    /// let guard = IntrospectionReplayGuard::new(client.clone());
+    /// let verifier = Verifier::builder("https://baton.example.org", client.id().clone(), bundle_pem)?
+    ///     .shared_replay_guard(Arc::new(guard))
+    ///     .build_fetching()
+    ///     .await?;
+    /// # let _ = verifier; Ok(()) }
+    /// ```
+    pub fn shared_replay_guard(mut self, guard: Arc<dyn SharedReplayGuard>) -> Self {
+        self.shared = Some(guard);
+        self
+    }
+
+    /// The local guard (default: a [`LocalReplayGuard`] of default capacity) and the
+    /// shared one, if any; never both configured.
+    #[allow(clippy::type_complexity)]
+    fn guards(
+        replay: Option<Arc<dyn ReplayGuard>>,
+        shared: Option<Arc<dyn SharedReplayGuard>>,
+    ) -> Result<(Arc<dyn ReplayGuard>, Option<Arc<dyn SharedReplayGuard>>), BuildError> {
+        match (replay, shared) {
+            (Some(_), Some(_)) => Err(BuildError::ConflictingReplayGuards),
+            // With a shared guard the local one is never consulted: keep an empty one
+            // rather than an Option, so verify_at stays branch-free past its first line.
+            (None, Some(shared)) => {
+                Ok((Arc::new(LocalReplayGuard::with_capacity(0)), Some(shared)))
+            }
+            (replay, None) => Ok((
+                replay.unwrap_or_else(|| Arc::new(LocalReplayGuard::new())),
+                None,
+            )),
+        }
     }
 
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds (default and
@@ -482,15 +671,15 @@ impl VerifierBuilder {
 
     /// Builds a verifier with the static keys given to [`jwks`](Self::jwks).
     pub fn build(self) -> Result<Verifier, BuildError> {
+        let (replay, shared) = Self::guards(self.replay, self.shared)?;
         let set = self.static_keys.ok_or(BuildError::NoKeySource)?;
         Ok(Verifier {
             issuer: self.issuer,
             audience: self.audience,
             leeway: self.leeway as i64,
             keys: Arc::new(KeyStore::new(set, None)),
-            replay: self
-                .replay
-                .unwrap_or_else(|| Arc::new(LocalReplayGuard::new())),
+            replay,
+            shared,
             #[cfg(feature = "fetch")]
             refresher: None,
         })
@@ -521,6 +710,7 @@ impl VerifierBuilder {
         if self.static_keys.is_some() {
             return Err(BuildError::ConflictingKeySources);
         }
+        let (replay, shared) = Self::guards(self.replay, self.shared)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let client = match self.fetch.client {
             Some(client) => client,
@@ -546,9 +736,8 @@ impl VerifierBuilder {
             audience: self.audience,
             leeway: self.leeway as i64,
             keys,
-            replay: self
-                .replay
-                .unwrap_or_else(|| Arc::new(LocalReplayGuard::new())),
+            replay,
+            shared,
             refresher: Some(Refresher {
                 fetcher,
                 task: task.abort_handle(),

@@ -1,0 +1,353 @@
+//! The Redis replay guard (feature `redis`, SPEC §7 "Replay ledger": Redis `SET NX`
+//! with expiry): callee replicas that share one Redis accept each token once between
+//! them, without calling the issuer.
+//!
+//! One consume is one round trip: a Lua script that checks the store's epoch and runs
+//! `SET <key> 1 NX PXAT <exp_ms>`, atomically. The epoch guards against Redis losing
+//! its data (a restart without persistence, a flush): consumed `jti`s are gone then,
+//! so every token issued at or before the moment the loss was noticed is refused, as
+//! the issuer's in-memory ledger refuses tokens issued before its start.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ring::digest;
+
+use super::shared::{
+    GuardFuture, GuardUnavailable, Presentation, SharedReplayError, SharedReplayGuard,
+};
+use super::unix_now;
+
+/// KEYS[1]: the token's replay key; KEYS[2]: the epoch key.
+/// ARGV[1]: now (Unix s); ARGV[2]: keep the replay key until (Unix ms); ARGV[3]: iat (Unix s).
+/// Returns 1 = consumed, 0 = replayed, -1 = issued at or before the epoch.
+const CONSUME: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  -- First use, or the store lost its data: what it held before now is unknown.
+  redis.call('SET', KEYS[2], ARGV[1])
+  epoch = ARGV[1]
+end
+if tonumber(ARGV[3]) <= tonumber(epoch) then
+  return -1
+end
+if redis.call('SET', KEYS[1], '1', 'NX', 'PXAT', ARGV[2]) then
+  return 1
+end
+return 0
+";
+
+/// A shared replay guard in Redis: each token is accepted once across every verifier
+/// whose guard points at the same Redis with the same key prefix.
+///
+/// Guarantee (SPEC §7): Redis guard or introspection = once across every verifier and
+/// issuer replica sharing the store. (Local SDK guard, by contrast = once per verifier
+/// process.)
+///
+/// - **One round trip per token**, bounded by [`timeout`](RedisGuardBuilder::timeout)
+///   (default 1 s): a Lua script runs `SET <prefix><key> 1 NX PXAT <ms>` with the
+///   expiry the verifier gives ([`Presentation::keep_until`]: the token's `exp` plus
+///   the clock leeway), so Redis forgets each `jti` once its token could no longer be
+///   accepted. The key is the base64url SHA-256 of `aud`, a zero byte and `jti`: fixed
+///   size, and two audiences never collide. Issuer replicas share it when their ledger
+///   writes the same keys (this layout, this prefix) in the same Redis.
+/// - **Fails closed**: an error, a timeout, or Redis unreachable refuses the token with
+///   [`VerifyError::SharedGuardUnavailable`](crate::VerifyError::SharedGuardUnavailable)
+///   naming the reason. The connection ([`redis::aio::ConnectionManager`]) reconnects
+///   by itself, so verification works again once Redis is back, with no rebuild.
+/// - **Data loss is caught**: the key `<prefix>epoch` is set (`NX`) to the current
+///   time at connect and recreated by the script whenever it has vanished; tokens
+///   whose `iat` is at or before it are refused with
+///   [`VerifyError::PredatesReplayLedger`](crate::VerifyError::PredatesReplayLedger),
+///   since their use before the loss cannot be known.
+///
+/// Operate Redis with `maxmemory-policy noeviction`: an evicted replay key reopens the
+/// replay window for its token. Clocks of verifiers and Redis must agree (NTP), since
+/// keys expire at absolute times. The connection is to one Redis node (standalone, or
+/// the primary a proxy fronts), not a Cluster.
+///
+/// ```no_run
+/// # async fn example(bundle_pem: &[u8], token: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use baton_sdk::{RedisReplayGuard, Verifier};
+///
+/// let guard = RedisReplayGuard::connect("redis://127.0.0.1:6379").await?;
+/// let verifier = Verifier::builder(
+///     "https://baton.example.org",
+///     "spiffe://example.org/fn/payments".parse()?,
+///     bundle_pem,
+/// )?
+/// .shared_replay_guard(Arc::new(guard))
+/// .build_fetching()
+/// .await?;
+/// let caller = verifier.verify_async(token).await?;
+/// # let _ = caller; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisReplayGuard {
+    connection: ConnectionManager,
+    script: redis::Script,
+    prefix: String,
+    epoch_key: String,
+    timeout: Duration,
+}
+
+impl fmt::Debug for RedisReplayGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the URL: it may carry a password.
+        f.debug_struct("RedisReplayGuard")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisReplayGuard {
+    /// Default key prefix.
+    pub const DEFAULT_PREFIX: &'static str = "baton:sdk:replay:";
+    /// Default bound on one consume (and on the first connection).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+    /// Connects with the defaults: key prefix
+    /// [`DEFAULT_PREFIX`](Self::DEFAULT_PREFIX), timeout
+    /// [`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT). See [`RedisGuardBuilder::connect`].
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), baton_sdk::RedisGuardError> {
+    /// let guard = baton_sdk::RedisReplayGuard::connect("redis://:secret@redis.internal:6379/0").await?;
+    /// # let _ = guard; Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, RedisGuardError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Starts configuring a guard for the Redis at `url` (`redis://[:password@]host:port[/db]`,
+    /// or `rediss://` for TLS when the redis crate is built with TLS).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), baton_sdk::RedisGuardError> {
+    /// use std::time::Duration;
+    /// let guard = baton_sdk::RedisReplayGuard::builder("redis://127.0.0.1:6379")
+    ///     .key_prefix("payments:replay:")
+    ///     .timeout(Duration::from_millis(300))
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = guard; Ok(()) }
+    /// ```
+    pub fn builder(url: impl Into<String>) -> RedisGuardBuilder {
+        RedisGuardBuilder {
+            url: url.into(),
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The Redis key of `jti` for `audience`.
+    fn key(&self, audience: &str, jti: &str) -> String {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(audience.as_bytes());
+        // SPIFFE IDs hold no NUL: (aud, jti) pairs map to distinct inputs.
+        ctx.update(&[0]);
+        ctx.update(jti.as_bytes());
+        let mut key = self.prefix.clone();
+        URL_SAFE_NO_PAD.encode_string(ctx.finish(), &mut key);
+        key
+    }
+
+    async fn run(&self, p: Presentation<'_>) -> Result<(), SharedReplayError> {
+        let key = self.key(p.audience().as_str(), p.jti());
+        let keep_until_ms = p.keep_until().saturating_mul(1000);
+        let mut connection = self.connection.clone();
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(&key)
+            .key(&self.epoch_key)
+            .arg(p.now())
+            .arg(keep_until_ms)
+            .arg(p.issued_at());
+        let answer: Result<i64, redis::RedisError> = match tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await
+        {
+            Ok(answer) => answer,
+            Err(_) => return Err(unavailable(GuardUnavailable::Timeout)),
+        };
+        match answer {
+            Ok(1) => Ok(()),
+            Ok(0) => Err(SharedReplayError::Replayed),
+            Ok(-1) => Err(SharedReplayError::PredatesEpoch),
+            Ok(_) => Err(unavailable(GuardUnavailable::StoreError)),
+            Err(e) => Err(unavailable(classify(&e))),
+        }
+    }
+}
+
+impl SharedReplayGuard for RedisReplayGuard {
+    fn consume<'a>(&'a self, presentation: Presentation<'a>) -> GuardFuture<'a> {
+        Box::pin(self.run(presentation))
+    }
+}
+
+fn unavailable(why: GuardUnavailable) -> SharedReplayError {
+    SharedReplayError::Unavailable(why)
+}
+
+fn classify(e: &redis::RedisError) -> GuardUnavailable {
+    if e.is_timeout() {
+        GuardUnavailable::Timeout
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        GuardUnavailable::Unreachable
+    } else {
+        GuardUnavailable::StoreError
+    }
+}
+
+/// Configures a [`RedisReplayGuard`]; made by [`RedisReplayGuard::builder`].
+///
+/// ```no_run
+/// # async fn example() -> Result<(), baton_sdk::RedisGuardError> {
+/// let guard = baton_sdk::RedisReplayGuard::builder("redis://127.0.0.1:6379")
+///     .key_prefix("baton:sdk:replay:")
+///     .connect()
+///     .await?;
+/// # let _ = guard; Ok(()) }
+/// ```
+pub struct RedisGuardBuilder {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl fmt::Debug for RedisGuardBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisGuardBuilder")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisGuardBuilder {
+    /// Prefix of every key the guard writes (default
+    /// [`RedisReplayGuard::DEFAULT_PREFIX`]). Verifiers share one-time use exactly
+    /// when they share the Redis and the prefix; give a distinct prefix to unrelated
+    /// deployments on one Redis.
+    ///
+    /// ```
+    /// let builder = baton_sdk::RedisReplayGuard::builder("redis://127.0.0.1").key_prefix("team-a:");
+    /// # let _ = builder;
+    /// ```
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Longest wait for one consume, and for each connection attempt; past it the
+    /// token is refused as unavailable (default [`RedisReplayGuard::DEFAULT_TIMEOUT`]).
+    ///
+    /// ```
+    /// let builder = baton_sdk::RedisReplayGuard::builder("redis://127.0.0.1")
+    ///     .timeout(std::time::Duration::from_millis(250));
+    /// # let _ = builder;
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connects (within the timeout) and records the store's epoch if it has none
+    /// yet. Fails if Redis cannot be reached now, so a misconfigured URL shows at
+    /// start; once connected, outages are handled per token (fail closed) and the
+    /// connection heals by itself. Must run inside a Tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn example() {
+    /// match baton_sdk::RedisReplayGuard::builder("redis://127.0.0.1:6379").connect().await {
+    ///     Ok(guard) => { let _ = guard; }
+    ///     Err(e) => eprintln!("replay guard: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn connect(self) -> Result<RedisReplayGuard, RedisGuardError> {
+        if self.prefix.is_empty() {
+            return Err(RedisGuardError::EmptyPrefix);
+        }
+        if self.timeout.is_zero() {
+            return Err(RedisGuardError::ZeroTimeout);
+        }
+        tokio::runtime::Handle::try_current().map_err(|_| RedisGuardError::NoRuntime)?;
+        let client = redis::Client::open(self.url.as_str()).map_err(RedisGuardError::Url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            // Reconnection retries back off quickly and stay short: a request that
+            // finds the connection broken starts a new round anyway.
+            .set_number_of_retries(3)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let connection = tokio::time::timeout(
+            self.timeout,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| RedisGuardError::Timeout)?
+        .map_err(RedisGuardError::Connect)?;
+        let guard = RedisReplayGuard {
+            connection,
+            script: redis::Script::new(CONSUME),
+            epoch_key: format!("{}epoch", self.prefix),
+            prefix: self.prefix,
+            timeout: self.timeout,
+        };
+        // First use of this store: start its epoch now, so tokens minted from here on
+        // are accepted (the script would otherwise start it at the first token).
+        let mut connection = guard.connection.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(&guard.epoch_key).arg(unix_now()).arg("NX");
+        tokio::time::timeout(
+            guard.timeout,
+            set.query_async::<Option<String>>(&mut connection),
+        )
+        .await
+        .map_err(|_| RedisGuardError::Timeout)?
+        .map_err(RedisGuardError::Connect)?;
+        Ok(guard)
+    }
+}
+
+/// Why a [`RedisReplayGuard`] could not be set up.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let err = baton_sdk::RedisReplayGuard::connect("not a url").await.unwrap_err();
+/// assert!(matches!(err, baton_sdk::RedisGuardError::Url(_)));
+/// # });
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisGuardError {
+    /// The URL is not a Redis URL.
+    #[error("Redis URL refused: {0}; expected redis://[:password@]host:port[/db]")]
+    Url(#[source] redis::RedisError),
+    /// Redis refused the connection or the first command (wrong password, wrong
+    /// database, not reachable).
+    #[error("cannot use Redis for the replay guard: {0}")]
+    Connect(#[source] redis::RedisError),
+    /// Redis did not answer within the guard's timeout.
+    #[error("Redis did not answer within the replay guard's timeout; check that it is reachable")]
+    Timeout,
+    /// The key prefix is empty: every key needs a namespace.
+    #[error("the replay guard's key prefix is empty; choose one such as \"baton:sdk:replay:\"")]
+    EmptyPrefix,
+    /// A zero timeout would refuse every token.
+    #[error("the replay guard's timeout is zero; every token would be refused")]
+    ZeroTimeout,
+    /// `connect` was awaited outside a Tokio runtime, which the connection needs.
+    #[error("RedisReplayGuard::connect must run inside a Tokio runtime")]
+    NoRuntime,
+}
