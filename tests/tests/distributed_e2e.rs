@@ -269,6 +269,37 @@ async fn a_token_and_an_assertion_are_each_accepted_once_across_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_redis_guards_and_issuer_replicas_share_one_time_use() {
+    use baton_sdk::{RedisReplayGuard, Verifier, VerifyError};
+    let c = Cluster::start();
+    let (_, jwks) = c.get(0, "/.well-known/jwks.json").await;
+    let guard = RedisReplayGuard::connect(&c.redis.url()).await.unwrap();
+    let verifier = Verifier::builder(ISSUER, PAYMENTS.parse().unwrap(), c.bundle.as_bytes())
+        .unwrap()
+        .jwks(jwks.as_bytes())
+        .unwrap()
+        .shared_replay_guard(Arc::new(guard))
+        .build()
+        .unwrap();
+    let orders = c.mtls("orders");
+    let payments = c.mtls("payments");
+
+    // Accepted by a callee's guard: the issuer's introspection finds it used.
+    let token = c.mint(0, &orders).await.unwrap();
+    let caller = verifier.verify_async(&token).await.unwrap();
+    assert_eq!(caller.id.as_str(), ORDERS);
+    assert_eq!(c.consume(1, &payments, &token).await, Ok(false));
+
+    // Consumed by introspection at the issuer: the guard refuses it.
+    let token = c.mint(1, &orders).await.unwrap();
+    assert_eq!(c.consume(0, &payments, &token).await, Ok(true));
+    assert!(matches!(
+        verifier.verify_async(&token).await,
+        Err(VerifyError::Replayed)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_through_one_replica_are_served_by_the_other() {
     let c = Cluster::start();
     let before = c.active_kid(1).await;

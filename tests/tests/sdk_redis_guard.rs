@@ -101,7 +101,7 @@ async fn two_replicas_sharing_one_redis_accept_a_token_exactly_once() {
 
     // One key per token plus the epoch; the token's key lives until exp + 5 s leeway
     // (PXAT), and its name is a digest, not the jti.
-    let keys = redis.cli(&["KEYS", "baton:sdk:replay:*"]);
+    let keys = redis.cli(&["KEYS", "{baton}:ledger:*"]);
     let keys: Vec<&str> = keys.lines().collect();
     assert_eq!(keys.len(), 2, "{keys:?}");
     let token_key = keys
@@ -114,10 +114,7 @@ async fn two_replicas_sharing_one_redis_accept_a_token_exactly_once() {
         redis.cli(&["PEXPIRETIME", token_key]),
         ((now + 60 + 5) * 1000).to_string()
     );
-    let epoch: i64 = redis
-        .cli(&["GET", "baton:sdk:replay:epoch"])
-        .parse()
-        .unwrap();
+    let epoch: i64 = redis.cli(&["GET", "{baton}:ledger:epoch"]).parse().unwrap();
     assert!(
         epoch < now,
         "the epoch was set at connect, before the token"
@@ -237,7 +234,7 @@ async fn after_redis_loses_its_data_tokens_issued_before_are_refused_and_fresh_o
 
     // No persistence: the restart forgets every consumed jti, and the epoch.
     redis.restart();
-    assert_eq!(redis.cli(&["EXISTS", "baton:sdk:replay:epoch"]), "0");
+    assert_eq!(redis.cli(&["EXISTS", "{baton}:ledger:epoch"]), "0");
 
     // Without the epoch this replay would be accepted. Both tokens predate the loss.
     assert_eq!(
@@ -249,7 +246,7 @@ async fn after_redis_loses_its_data_tokens_issued_before_are_refused_and_fresh_o
         Err(VerifyError::PredatesReplayLedger)
     );
     assert_eq!(
-        redis.cli(&["GET", "baton:sdk:replay:epoch"]),
+        redis.cli(&["GET", "{baton}:ledger:epoch"]),
         now.to_string(),
         "the epoch is recreated at the verifier's clock"
     );

@@ -11,8 +11,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ring::digest;
 
@@ -51,9 +49,12 @@ return 0
 ///   (default 1 s): a Lua script runs `SET <prefix><key> 1 NX PXAT <ms>` with the
 ///   expiry the verifier gives ([`Presentation::keep_until`]: the token's `exp` plus
 ///   the clock leeway), so Redis forgets each `jti` once its token could no longer be
-///   accepted. The key is the base64url SHA-256 of `aud`, a zero byte and `jti`: fixed
-///   size, and two audiences never collide. Issuer replicas share it when their ledger
-///   writes the same keys (this layout, this prefix) in the same Redis.
+///   accepted. The layout is the Baton issuer's replay ledger's: with the default
+///   prefix `{baton}:ledger:`, the key is the prefix and the hex of the first 128 bits
+///   of SHA-256(`access-token <jti>`), and the epoch is `{baton}:ledger:epoch`. So
+///   issuer replicas in distributed mode (`store = "redis://…"`) pointed at the same
+///   Redis share it: a token this guard accepted introspects inactive at the issuer,
+///   and one the issuer consumed is refused here. Fixed size, nothing in the clear.
 /// - **Fails closed**: an error, a timeout, or Redis unreachable refuses the token with
 ///   [`VerifyError::SharedGuardUnavailable`](crate::VerifyError::SharedGuardUnavailable)
 ///   naming the reason. The connection ([`redis::aio::ConnectionManager`]) reconnects
@@ -106,8 +107,9 @@ impl fmt::Debug for RedisReplayGuard {
 }
 
 impl RedisReplayGuard {
-    /// Default key prefix.
-    pub const DEFAULT_PREFIX: &'static str = "baton:sdk:replay:";
+    /// Default key prefix: the Baton issuer's replay ledger's, so a guard and issuer
+    /// replicas on one Redis share one-time use.
+    pub const DEFAULT_PREFIX: &'static str = "{baton}:ledger:";
     /// Default bound on one consume (and on the first connection).
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -145,20 +147,23 @@ impl RedisReplayGuard {
         }
     }
 
-    /// The Redis key of `jti` for `audience`.
-    fn key(&self, audience: &str, jti: &str) -> String {
+    /// The Redis key of `jti`: the issuer ledger's key of an access token (its
+    /// `jti`s are 128 random bits, unique across audiences).
+    fn key(&self, jti: &str) -> String {
+        use std::fmt::Write as _;
         let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(audience.as_bytes());
-        // SPIFFE IDs hold no NUL: (aud, jti) pairs map to distinct inputs.
-        ctx.update(&[0]);
+        ctx.update(b"access-token ");
         ctx.update(jti.as_bytes());
+        let digest = ctx.finish();
         let mut key = self.prefix.clone();
-        URL_SAFE_NO_PAD.encode_string(ctx.finish(), &mut key);
+        for byte in &digest.as_ref()[..16] {
+            let _ = write!(key, "{byte:02x}");
+        }
         key
     }
 
     async fn run(&self, p: Presentation<'_>) -> Result<(), SharedReplayError> {
-        let key = self.key(p.audience().as_str(), p.jti());
+        let key = self.key(p.jti());
         let keep_until_ms = p.keep_until().saturating_mul(1000);
         let mut connection = self.connection.clone();
         let mut invocation = self.script.prepare_invoke();
