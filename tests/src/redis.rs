@@ -13,6 +13,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     appendonly: bool,
+    /// `(certificate, key, CA)` PEM files: TLS only, on `port`.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl RedisServer {
@@ -36,6 +38,26 @@ impl RedisServer {
             port,
             dir,
             appendonly: false,
+            tls: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server that speaks TLS only, with the certificate chain and key in
+    /// these PEM files, issued by `ca` (no client certificates asked for).
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            appendonly: false,
+            tls: Some((cert.to_owned(), key.to_owned(), ca.to_owned())),
         };
         server.spawn();
         server
@@ -49,14 +71,18 @@ impl RedisServer {
             port,
             dir,
             appendonly,
+            tls: None,
         };
         server.spawn();
         server
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://localhost:<port>` for TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("rediss://localhost:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// The port it listens on.
@@ -80,8 +106,13 @@ impl RedisServer {
 
     /// Runs `redis-cli <args>` against the server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if self.tls.is_some() {
+            // The harness's own check of a server it started: no verification needed.
+            cmd.args(["--tls", "--insecure"]);
+        }
+        let out = cmd
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
@@ -90,8 +121,23 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(binary());
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"])
+        match &self.tls {
+            Some((cert, key, ca)) => {
+                cmd.args(["--bind", "127.0.0.1", "--port", "0"])
+                    .args(["--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+            None => {
+                cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()]);
+            }
+        }
+        cmd.args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--logfile", ""])

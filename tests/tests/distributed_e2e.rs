@@ -547,3 +547,143 @@ async fn a_replica_killed_mid_load_loses_nothing() {
         assert_eq!(c.consume(0, &payments, token).await, Ok(false));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_can_be_reached_over_tls_and_an_untrusted_one_is_refused() {
+    // A CA and a server certificate for localhost, made by openssl.
+    let sb = Sandbox::with_workloads(
+        &[
+            (ORDERS, "orders", "ec-p256"),
+            (PAYMENTS, "payments", "ec-p256"),
+        ],
+        POLICY,
+    );
+    sb.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "redis-ca.key",
+        "-out",
+        "redis-ca.pem",
+        "-subj",
+        "/CN=redis test CA",
+        "-days",
+        "1",
+    ])
+    .ok();
+    sb.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "redis.key",
+        "-out",
+        "redis.csr",
+        "-subj",
+        "/CN=localhost",
+    ])
+    .ok();
+    std::fs::write(
+        sb.path().join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    sb.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "redis.csr",
+        "-CA",
+        "redis-ca.pem",
+        "-CAkey",
+        "redis-ca.key",
+        "-CAcreateserial",
+        "-out",
+        "redis.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+    ])
+    .ok();
+    let redis = RedisServer::start_tls(
+        &sb.path().join("redis.pem"),
+        &sb.path().join("redis.key"),
+        &sb.path().join("redis-ca.pem"),
+    );
+    assert!(redis.url().starts_with("rediss://"));
+    std::fs::write(
+        sb.data_dir().join("config.toml"),
+        format!("store = \"{}\"\nissuer_url = \"{ISSUER}\"\n", redis.url()),
+    )
+    .unwrap();
+
+    // Not trusting the store's certificate: the issuer refuses to start, saying why.
+    let empty = sb.path().join("no-roots.pem");
+    std::fs::write(&empty, "").unwrap();
+    let refused = sb.baton_with_env(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+            "policy.toml",
+        ],
+        &[("SSL_CERT_FILE", empty.as_path())],
+    );
+    assert_ne!(refused.code, Some(0));
+    assert!(
+        refused.stderr.contains("distributed store"),
+        "{}",
+        refused.stderr
+    );
+
+    // Trusting it (SSL_CERT_FILE, as rustls-native-certs reads it): a working replica.
+    let ca = sb.path().join("redis-ca.pem").display().to_string();
+    let server =
+        Server::start_with_env(&sb, &["--policy", "policy.toml"], &[("SSL_CERT_FILE", &ca)]);
+    let bundle = sb.bundle();
+    let orders = https_client(
+        &bundle,
+        Some((&sb.read("orders/svid.pem"), &sb.read("orders/svid.key"))),
+    );
+    let payments = https_client(
+        &bundle,
+        Some((&sb.read("payments/svid.pem"), &sb.read("payments/svid.key"))),
+    );
+    let minted: Value = orders
+        .post(server.url("/v1/token"))
+        .form(&[("grant_type", "client_credentials"), ("audience", PAYMENTS)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = minted["access_token"].as_str().unwrap();
+    for expected in [true, false] {
+        let answer: Value = payments
+            .post(server.url("/v1/introspect"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["active"], json!(expected), "{answer}");
+    }
+    assert!(
+        redis.cli(&["DBSIZE"]).parse::<u64>().unwrap() > 0,
+        "state went to Redis"
+    );
+}

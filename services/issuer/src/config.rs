@@ -71,9 +71,10 @@ pub struct Config {
     /// `https://<listen>` (`localhost` when listening on all addresses).
     #[serde(default, deserialize_with = "issuer_url")]
     pub issuer_url: Option<String>,
-    /// State store: `embedded` (the data directory), or a `redis://` (or `unix://`)
-    /// URL (distributed: every replica pointed at it shares keyring, ledger, deny list,
-    /// join tokens and policy).
+    /// State store: `embedded` (the data directory), or a `redis://`, `rediss://` (TLS,
+    /// on ring, trusting the system's CA store or `SSL_CERT_FILE`) or `unix://` URL
+    /// (distributed: every replica pointed at it shares keyring, ledger, deny list, join
+    /// tokens and policy).
     #[serde(default = "default_store")]
     pub store: String,
     /// Algorithm of newly created signing keys: `ES256` (default) or `EdDSA`.
@@ -262,17 +263,11 @@ impl Config {
                 problem: "must be between 5s and 7days".to_owned(),
             });
         }
-        if self.store.starts_with("rediss://") || self.store.starts_with("valkeys://") {
-            return Err(ConfigError::Range {
-                key: "store",
-                problem: "uses TLS (rediss://), which this build does not support: the Redis client's TLS would bring a second crypto provider; reach Redis over a private network or a TLS tunnel and use redis://".to_owned(),
-            });
-        }
         if self.store != "embedded" && self.redis_url().is_none() {
             return Err(ConfigError::Range {
                 key: "store",
                 problem: format!(
-                    "{:?} is neither \"embedded\" (the data directory) nor a redis:// or unix:// URL",
+                    "{:?} is neither \"embedded\" (the data directory) nor a redis://, rediss:// or unix:// URL",
                     crate::shared::redact(&self.store)
                 ),
             });
@@ -321,7 +316,7 @@ impl Config {
     /// The Redis URL of a distributed store, or `None` for the embedded one.
     pub fn redis_url(&self) -> Option<&str> {
         let scheme = self.store.split_once("://")?.0;
-        matches!(scheme, "redis" | "redis+unix" | "unix").then_some(self.store.as_str())
+        matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix").then_some(self.store.as_str())
     }
 
     /// The issuer identifier: `issuer_url`, or `https://<listen>` with `localhost`
@@ -401,8 +396,8 @@ mod tests {
         assert_eq!(redis.redis_url(), Some("redis://:secret@10.0.0.5:6379/2"));
         let err = Config::from_toml("store = \"memcached://:secret@x\"", env()).unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
-        let err = Config::from_toml("store = \"rediss://x:6380\"", env()).unwrap_err();
-        assert!(err.to_string().contains("TLS"), "{err}");
+        let tls = Config::from_toml("store = \"rediss://x:6380\"", env()).unwrap();
+        assert_eq!(tls.redis_url(), Some("rediss://x:6380"));
     }
 
     #[test]
