@@ -273,22 +273,34 @@ impl JoinTokens {
                 LedgerError::Replayed => JoinTokenError::Invalid,
                 _ => JoinTokenError::Unavailable,
             })?;
-        if let Some(store) = &self.shared {
-            // Revoked, or expired, since it was found: gone for every replica.
-            return match shared::claim(store, &found.hash_hex)? {
-                true => Ok(found.id),
-                false => Err(JoinTokenError::Invalid),
-            };
+        // The claim is file or store I/O: off the async runtime.
+        let tokens = self.clone();
+        let hash_hex = found.hash_hex;
+        let claimed = tokio::task::spawn_blocking(move || tokens.claim(&hash_hex))
+            .await
+            .map_err(|_| JoinTokenError::Unavailable)??;
+        if claimed {
+            Ok(found.id)
+        } else {
+            // Revoked, expired, or redeemed by an issuer that restarted since it was found.
+            Err(JoinTokenError::Invalid)
         }
-        let path = self.record_path(&found.hash_hex);
+    }
+
+    /// Claims the record of `hash_hex` (rename, or `DEL` in the distributed store);
+    /// says whether this call got it.
+    fn claim(&self, hash_hex: &str) -> Result<bool, JoinTokenError> {
+        if let Some(store) = &self.shared {
+            return shared::claim(store, hash_hex);
+        }
+        let path = self.record_path(hash_hex);
         let claimed = path.with_extension("redeemed");
         match std::fs::rename(&path, &claimed) {
             Ok(()) => {
                 let _ = std::fs::remove_file(&claimed);
-                Ok(found.id)
+                Ok(true)
             }
-            // Revoked, or redeemed by an issuer that restarted since.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(JoinTokenError::Invalid),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(source) => Err(self.io(&path, source)),
         }
     }

@@ -116,9 +116,15 @@ impl SvidIssuer {
         self.data.bundle_pem()
     }
 
-    /// Looks a join token up without spending it.
-    pub fn find_join_token(&self, token: &str, now: i64) -> Result<Found, SvidError> {
-        Ok(self.join_tokens.find(token, now)?)
+    /// Looks a join token up without spending it. The lookup is file or store I/O, so
+    /// it runs on the blocking pool.
+    pub async fn find_join_token(&self, token: &str, now: i64) -> Result<Found, SvidError> {
+        let tokens = self.join_tokens.clone();
+        let token = zeroize::Zeroizing::new(token.to_owned());
+        tokio::task::spawn_blocking(move || tokens.find(&token, now))
+            .await
+            .map_err(|_| SvidError::JoinToken(JoinTokenError::Unavailable))?
+            .map_err(SvidError::from)
     }
 
     /// Spends a join token found by [`find_join_token`](Self::find_join_token).

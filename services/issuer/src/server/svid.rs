@@ -87,6 +87,7 @@ async fn issue(
             }
             let found = svid
                 .find_join_token(token, unix)
+                .await
                 .map_err(|e| anonymous(svid_error(e)))?;
             let id = found.id.clone();
             let refuse = refuse(Some(&id), method);
