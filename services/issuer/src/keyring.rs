@@ -857,21 +857,22 @@ impl Keyring {
         Self::commit(&home, entries, 0, &[])
     }
 
-    /// Whether the store holds no keyring at all.
-    pub fn is_missing<'a>(home: impl Into<Home<'a>>) -> Result<bool, KeyringError> {
-        Ok(home.into().read_index()?.is_none())
+    /// The keyring the store holds now, or `None` when it holds none, without creating
+    /// one.
+    pub fn current<'a>(home: impl Into<Home<'a>>) -> Result<Option<Self>, KeyringError> {
+        let home = home.into();
+        home.read_index()?
+            .map(|(bytes, generation)| Self::load(&home, &bytes, generation))
+            .transpose()
     }
 
     /// Loads the keyring the store holds now, without creating one.
     pub fn reload<'a>(home: impl Into<Home<'a>>) -> Result<Self, KeyringError> {
         let home = home.into();
-        match home.read_index()? {
-            Some((bytes, generation)) => Self::load(&home, &bytes, generation),
-            None => Err(KeyringError::Index {
-                path: home.index_location(),
-                reason: "missing",
-            }),
-        }
+        Self::current(home)?.ok_or_else(|| KeyringError::Index {
+            path: home.index_location(),
+            reason: "missing",
+        })
     }
 }
 
@@ -2146,7 +2147,7 @@ mod shared_tests {
         let ring = Keyring::load_or_init(c.home(0), JwsAlgorithm::Es256, now()).unwrap();
         assert_eq!(c.redis.cli(&["FLUSHALL"]), "OK");
         assert!(ring.is_stale(c.home(0)).unwrap());
-        assert!(Keyring::is_missing(c.home(0)).unwrap());
+        assert!(Keyring::current(c.home(0)).unwrap().is_none());
         let restored = ring.restore(c.home(0)).unwrap();
         assert_eq!(restored.jwks(), ring.jwks());
         // A second replica restoring at the same time loses and reloads the same keys.

@@ -150,18 +150,17 @@ impl ReplicaSync {
         let mut changes = Changes::default();
         let published = self.issuer.published();
         if published.keyring().is_stale(home)? {
-            let keyring = if Keyring::is_missing(home)? {
+            let keyring = match Keyring::current(home)? {
+                Some(keyring) => keyring,
                 // The store lost its data: put back the keys every verifier trusts.
-                match published.keyring().restore(home) {
+                None => match published.keyring().restore(home) {
                     Ok(keyring) => {
                         tracing::warn!("the shared store held no keyring; restored this replica's");
                         keyring
                     }
                     Err(KeyringError::Conflict) => Keyring::reload(home)?,
                     Err(e) => return Err(e.into()),
-                }
-            } else {
-                Keyring::reload(home)?
+                },
             };
             tracing::info!(
                 generation = keyring.generation(),

@@ -106,11 +106,6 @@ impl SvidIssuer {
         self
     }
 
-    /// The join token store.
-    pub fn join_tokens(&self) -> &JoinTokens {
-        &self.join_tokens
-    }
-
     /// The trust bundle, PEM.
     pub fn bundle_pem(&self) -> &str {
         self.data.bundle_pem()
