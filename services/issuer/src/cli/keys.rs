@@ -36,7 +36,9 @@ struct JsonArg {
 
 #[derive(Debug, Args)]
 struct RevokeArgs {
-    /// The key id, as `baton keys list` shows it.
+    /// The key id, as `baton keys list` shows it. A kid is a base64url thumbprint, so
+    /// it may begin with `-`; it is taken as the key id, not as a flag.
+    #[arg(allow_hyphen_values = true)]
     kid: String,
     /// Allow revoking the active key: every token it signed becomes inactive.
     #[arg(long)]
@@ -100,5 +102,38 @@ fn print_table(reply: &Reply) {
             time(key.get("activated_at")),
             time(key.get("retires_at")),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: KeysCommand,
+    }
+
+    fn revoke(args: &[&str]) -> (String, bool, bool) {
+        let argv = ["keys", "revoke"].iter().chain(args);
+        match Cli::try_parse_from(argv).map(|cli| cli.command) {
+            Ok(KeysCommand::Revoke(a)) => (a.kid, a.force, a.json),
+            other => panic!("{args:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_kid_that_begins_with_a_hyphen_is_a_kid() {
+        let kid = "-zR8kq2Jx0c1bQYp3mB5nJvW7aL9sD4fG6hK8uE2iT0";
+        assert_eq!(revoke(&[kid]), (kid.to_owned(), false, false));
+        assert_eq!(
+            revoke(&[kid, "--force", "--json"]),
+            (kid.to_owned(), true, true)
+        );
+        assert_eq!(revoke(&["--", kid]), (kid.to_owned(), false, false));
+        assert_eq!(revoke(&["--force", kid]), (kid.to_owned(), true, false));
     }
 }
