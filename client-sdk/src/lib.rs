@@ -56,6 +56,8 @@ pub use verify::{
 };
 #[cfg(feature = "redis")]
 pub use verify::{RedisGuardBuilder, RedisGuardError, RedisReplayGuard};
+#[cfg(feature = "redis")]
+pub mod redis_store;
 
 #[cfg(feature = "client")]
 mod client;

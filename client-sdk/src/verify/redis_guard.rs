@@ -11,32 +11,55 @@
 use std::fmt;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+
 use ring::digest;
 
 use super::shared::{
     GuardFuture, GuardUnavailable, Presentation, SharedReplayError, SharedReplayGuard,
 };
 use super::unix_now;
+use crate::redis_store::{RedisLink, RedisTarget, RedisTargetError};
 
-/// KEYS[1]: the token's replay key; KEYS[2]: the epoch key.
-/// ARGV[1]: now (Unix s); ARGV[2]: keep the replay key until (Unix ms); ARGV[3]: iat (Unix s).
-/// Returns 1 = consumed, 0 = replayed, -1 = issued at or before the epoch.
-const CONSUME: &str = r"
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  -- First use, or the store lost its data: what it held before now is unknown.
-  redis.call('SET', KEYS[2], ARGV[1])
-  epoch = ARGV[1]
+/// Lua shared by both scripts: leaves the store's epoch in `epoch`, starting a new one
+/// at `ARGV[1]` (now, Unix s) when the store has none (first use, or it lost its data)
+/// or when the primary is another server process than the one that recorded the epoch
+/// (`ARGV[2]`, its run id, or empty for a single server): after a Sentinel failover the
+/// last consumes the old primary acknowledged may never have reached the new one.
+/// `KEYS[1]` is the epoch key, `KEYS[2]` the key naming the epoch's server.
+macro_rules! epoch_lua {
+    () => {
+        r"
+local epoch = tonumber(redis.call('GET', KEYS[1]))
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  epoch = math.max(tonumber(ARGV[1]), (epoch or 0) + 1)
+  redis.call('SET', KEYS[1], string.format('%d', epoch))
+elseif not epoch then
+  epoch = tonumber(ARGV[1])
+  redis.call('SET', KEYS[1], string.format('%d', epoch))
 end
-if tonumber(ARGV[3]) <= tonumber(epoch) then
+"
+    };
+}
+
+/// KEYS[3]: the token's replay key. ARGV[3]: keep it until (Unix ms); ARGV[4]: iat
+/// (Unix s). Returns 1 = consumed, 0 = replayed, -1 = issued at or before the epoch.
+const CONSUME: &str = concat!(
+    epoch_lua!(),
+    r"
+if tonumber(ARGV[4]) <= epoch then
   return -1
 end
-if redis.call('SET', KEYS[1], '1', 'NX', 'PXAT', ARGV[2]) then
+if redis.call('SET', KEYS[3], '1', 'NX', 'PXAT', ARGV[3]) then
   return 1
 end
 return 0
-";
+"
+);
+
+/// Starts the epoch if needed; returns it.
+const EPOCH: &str = concat!(epoch_lua!(), "return epoch\n");
 
 /// A shared replay guard in Redis: each token is accepted once across every verifier
 /// whose guard points at the same Redis with the same key prefix.
@@ -57,8 +80,8 @@ return 0
 ///   and one the issuer consumed is refused here. Fixed size, nothing in the clear.
 /// - **Fails closed**: an error, a timeout, or Redis unreachable refuses the token with
 ///   [`VerifyError::SharedGuardUnavailable`](crate::VerifyError::SharedGuardUnavailable)
-///   naming the reason. The connection ([`redis::aio::ConnectionManager`]) reconnects
-///   by itself, so verification works again once Redis is back, with no rebuild.
+///   naming the reason. A failed connection is dropped and the next token connects
+///   again, so verification works again once Redis is back, with no rebuild.
 /// - **Data loss is caught**: the key `<prefix>epoch` is set (`NX`) to the current
 ///   time at connect and recreated by the script whenever it has vanished; tokens
 ///   whose `iat` is at or before it are refused with
@@ -67,8 +90,13 @@ return 0
 ///
 /// Operate Redis with `maxmemory-policy noeviction`: an evicted replay key reopens the
 /// replay window for its token. Clocks of verifiers and Redis must agree (NTP), since
-/// keys expire at absolute times. The connection is to one Redis node (standalone, or
-/// the primary a proxy fronts), not a Cluster.
+/// keys expire at absolute times. The store is one Redis node, or a primary found
+/// through Redis Sentinel (`redis+sentinel://` URLs, see
+/// [`redis_store`](crate::redis_store)): after a failover the guard asks the sentinels
+/// for the new primary and, since replication is asynchronous and the newest consumes
+/// may be lost with the old primary, starts a new epoch on it (tokens issued before are
+/// then refused as [`PredatesReplayLedger`](crate::VerifyError::PredatesReplayLedger)).
+/// Not a Redis Cluster.
 ///
 /// ```no_run
 /// # async fn example(bundle_pem: &[u8], token: &str) -> Result<(), Box<dyn std::error::Error>> {
@@ -89,10 +117,11 @@ return 0
 /// ```
 #[derive(Clone)]
 pub struct RedisReplayGuard {
-    connection: ConnectionManager,
+    link: Arc<RedisLink>,
     script: redis::Script,
     prefix: String,
     epoch_key: String,
+    server_key: String,
     timeout: Duration,
 }
 
@@ -126,8 +155,9 @@ impl RedisReplayGuard {
         Self::builder(url).connect().await
     }
 
-    /// Starts configuring a guard for the Redis at `url` (`redis://[:password@]host:port[/db]`,
-    /// or `rediss://` for TLS when the redis crate is built with TLS).
+    /// Starts configuring a guard for the Redis at `url`: `redis://[:password@]host:port[/db]`,
+    /// `rediss://` for TLS, or `redis+sentinel://host[:port][,host[:port]…]/service` for
+    /// a primary found through Redis Sentinel (see [`redis_store`](crate::redis_store)).
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), baton_sdk::RedisGuardError> {
@@ -165,12 +195,19 @@ impl RedisReplayGuard {
     async fn run(&self, p: Presentation<'_>) -> Result<(), SharedReplayError> {
         let key = self.key(p.jti());
         let keep_until_ms = p.keep_until().saturating_mul(1000);
-        let mut connection = self.connection.clone();
+        let primary = match tokio::time::timeout(self.timeout, self.link.primary()).await {
+            Ok(Ok(primary)) => primary,
+            Ok(Err(e)) => return Err(unavailable(classify(&e))),
+            Err(_) => return Err(unavailable(GuardUnavailable::Timeout)),
+        };
+        let mut connection = primary.connection;
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(&key)
             .key(&self.epoch_key)
+            .key(&self.server_key)
+            .key(&key)
             .arg(p.now())
+            .arg(primary.server.as_deref().unwrap_or(""))
             .arg(keep_until_ms)
             .arg(p.issued_at());
         let answer: Result<i64, redis::RedisError> = match tokio::time::timeout(
@@ -180,8 +217,14 @@ impl RedisReplayGuard {
         .await
         {
             Ok(answer) => answer,
-            Err(_) => return Err(unavailable(GuardUnavailable::Timeout)),
+            Err(_) => {
+                self.link.failed();
+                return Err(unavailable(GuardUnavailable::Timeout));
+            }
         };
+        if answer.is_err() {
+            self.link.failed();
+        }
         match answer {
             Ok(1) => Ok(()),
             Ok(0) => Err(SharedReplayError::Replayed),
@@ -286,41 +329,32 @@ impl RedisGuardBuilder {
             return Err(RedisGuardError::ZeroTimeout);
         }
         tokio::runtime::Handle::try_current().map_err(|_| RedisGuardError::NoRuntime)?;
-        let client = redis::Client::open(self.url.as_str()).map_err(RedisGuardError::Url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            // Reconnection retries back off quickly and stay short: a request that
-            // finds the connection broken starts a new round anyway.
-            .set_number_of_retries(3)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let connection = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| RedisGuardError::Timeout)?
-        .map_err(RedisGuardError::Connect)?;
+        let target = RedisTarget::parse(&self.url).map_err(RedisGuardError::Url)?;
         let guard = RedisReplayGuard {
-            connection,
+            link: Arc::new(RedisLink::new(target, self.timeout)),
             script: redis::Script::new(CONSUME),
             epoch_key: format!("{}epoch", self.prefix),
+            server_key: format!("{}epoch-server", self.prefix),
             prefix: self.prefix,
             timeout: self.timeout,
         };
-        // First use of this store: start its epoch now, so tokens minted from here on
-        // are accepted (the script would otherwise start it at the first token).
-        let mut connection = guard.connection.clone();
-        let mut set = redis::cmd("SET");
-        set.arg(&guard.epoch_key).arg(unix_now()).arg("NX");
-        tokio::time::timeout(
-            guard.timeout,
-            set.query_async::<Option<String>>(&mut connection),
-        )
-        .await
-        .map_err(|_| RedisGuardError::Timeout)?
-        .map_err(RedisGuardError::Connect)?;
+        // First use of this store (or of this primary): start its epoch now, so
+        // tokens minted from here on are accepted (the script would otherwise start it
+        // at the first token).
+        let started = async {
+            let mut primary = guard.link.primary().await?;
+            redis::Script::new(EPOCH)
+                .key(&guard.epoch_key)
+                .key(&guard.server_key)
+                .arg(unix_now())
+                .arg(primary.server.as_deref().unwrap_or(""))
+                .invoke_async::<i64>(&mut primary.connection)
+                .await
+        };
+        tokio::time::timeout(guard.timeout, started)
+            .await
+            .map_err(|_| RedisGuardError::Timeout)?
+            .map_err(RedisGuardError::Connect)?;
         Ok(guard)
     }
 }
@@ -336,9 +370,9 @@ impl RedisGuardBuilder {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisGuardError {
-    /// The URL is not a Redis URL.
-    #[error("Redis URL refused: {0}; expected redis://[:password@]host:port[/db]")]
-    Url(#[source] redis::RedisError),
+    /// The URL is not a Redis URL (its message never repeats the URL).
+    #[error("Redis URL refused: {0}")]
+    Url(#[source] RedisTargetError),
     /// Redis refused the connection or the first command (wrong password, wrong
     /// database, not reachable).
     #[error("cannot use Redis for the replay guard: {0}")]

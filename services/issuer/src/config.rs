@@ -72,9 +72,10 @@ pub struct Config {
     #[serde(default, deserialize_with = "issuer_url")]
     pub issuer_url: Option<String>,
     /// State store: `embedded` (the data directory), or a `redis://`, `rediss://` (TLS,
-    /// on ring, trusting the system's CA store or `SSL_CERT_FILE`) or `unix://` URL
-    /// (distributed: every replica pointed at it shares keyring, ledger, deny list, join
-    /// tokens and policy).
+    /// on ring, trusting the system's CA store or `SSL_CERT_FILE`), `unix://` or
+    /// `redis+sentinel://host[:port][,host[:port]…]/service[/db]` URL (distributed:
+    /// every replica pointed at it shares keyring, ledger, deny list, join tokens and
+    /// policy).
     #[serde(default = "default_store")]
     pub store: String,
     /// Algorithm of newly created signing keys: `ES256` (default) or `EdDSA`.
@@ -263,12 +264,14 @@ impl Config {
                 problem: "must be between 5s and 7days".to_owned(),
             });
         }
-        if self.store != "embedded" && self.redis_url().is_none() {
+        if let Some(url) = self.redis_url()
+            && let Err(e) = baton_sdk::redis_store::RedisTarget::parse(url)
+        {
             return Err(ConfigError::Range {
                 key: "store",
                 problem: format!(
-                    "{:?} is neither \"embedded\" (the data directory) nor a redis://, rediss:// or unix:// URL",
-                    crate::shared::redact(&self.store)
+                    "{:?} is neither \"embedded\" (the data directory) nor a usable Redis URL: {e}",
+                    crate::shared::redact(url)
                 ),
             });
         }
@@ -313,10 +316,10 @@ impl Config {
         Ok(())
     }
 
-    /// The Redis URL of a distributed store, or `None` for the embedded one.
+    /// The Redis URL of a distributed store (checked when the configuration loads), or
+    /// `None` for the embedded one.
     pub fn redis_url(&self) -> Option<&str> {
-        let scheme = self.store.split_once("://")?.0;
-        matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix").then_some(self.store.as_str())
+        (self.store != "embedded").then_some(self.store.as_str())
     }
 
     /// The issuer identifier: `issuer_url`, or `https://<listen>` with `localhost`
@@ -360,8 +363,9 @@ svid_rate_limit = 60
 # issuer_url = "https://baton.example.org"
 # Algorithm of new signing keys: "ES256" (default) or "EdDSA".
 token_alg = "ES256"
-# State store: "embedded" (this data directory) or a redis:// URL shared by every
-# replica (distributed mode; see docs/distributed.md).
+# State store: "embedded" (this data directory) or a Redis URL shared by every
+# replica (distributed mode; see docs/distributed.md): redis://, rediss:// (TLS),
+# unix:// or redis+sentinel://sentinel-a:26379,sentinel-b:26379/service.
 # store = "redis://127.0.0.1:6379/0"
 # Per-caller token request rate (per second) and burst.
 rate_limit = 100
@@ -398,6 +402,16 @@ mod tests {
         assert!(!err.to_string().contains("secret"), "{err}");
         let tls = Config::from_toml("store = \"rediss://x:6380\"", env()).unwrap();
         assert_eq!(tls.redis_url(), Some("rediss://x:6380"));
+        let sentinel = "redis+sentinel://:secret@s1,s2:26380/baton";
+        let ha = Config::from_toml(&format!("store = \"{sentinel}\""), env()).unwrap();
+        assert_eq!(ha.redis_url(), Some(sentinel));
+        let err = Config::from_toml("store = \"redis+sentinel://:secret@s1\"", env()).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("store") && shown.contains("service"),
+            "{shown}"
+        );
+        assert!(!shown.contains("secret"), "{shown}");
     }
 
     #[test]

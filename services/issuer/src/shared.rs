@@ -8,10 +8,17 @@
 //! replay ledger) has its own multiplexed asynchronous connection. Every key shares the
 //! hash tag `{baton}`, so multi-key scripts stay on one slot should the store be a
 //! Redis Cluster.
+//!
+//! The store is one server or a primary found through Redis Sentinel
+//! ([`RedisTarget`]): a connection that met any error is not kept, so the next
+//! operation connects again and, through Sentinel, to the primary of the moment.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use baton_sdk::redis_store::RedisTarget;
 
 /// Prefix of every key Baton keeps in Redis; the braces are a Cluster hash tag.
 pub const KEY_PREFIX: &str = "{baton}:";
@@ -21,7 +28,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why the shared store could not be used. Messages never carry the URL's password.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedStoreError {
-    /// The store URL is not a `redis://` or `rediss://` URL the client accepts.
+    /// The store URL is not a Redis or Redis Sentinel URL the client accepts.
     #[error("store URL {url} is not usable: {reason}")]
     Url {
         /// The URL with any password removed.
@@ -42,12 +49,15 @@ pub enum SharedStoreError {
 /// A Redis server shared by every issuer replica.
 #[derive(Clone)]
 pub struct SharedStore {
-    client: redis::Client,
+    target: RedisTarget,
     /// For messages: the URL without its password.
     url: String,
     timeout: Duration,
     /// The connection kept between operations; dropped when it breaks.
     idle: Arc<Mutex<Option<redis::Connection>>>,
+    /// Set by [`unavailable`](Self::unavailable): the connection in use met an error
+    /// (it may be open yet reach a replica, which refuses writes), so it is not kept.
+    discard: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SharedStore {
@@ -63,6 +73,7 @@ impl std::fmt::Debug for SharedStore {
 pub struct Connection<'a> {
     conn: Option<redis::Connection>,
     idle: &'a Mutex<Option<redis::Connection>>,
+    discard: &'a AtomicBool,
 }
 
 impl Deref for Connection<'_> {
@@ -82,7 +93,12 @@ impl DerefMut for Connection<'_> {
 
 impl Drop for Connection<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take().filter(redis::ConnectionLike::is_open) {
+        let failed = self.discard.swap(false, Ordering::Relaxed);
+        if let Some(conn) = self
+            .conn
+            .take()
+            .filter(|conn| !failed && redis::ConnectionLike::is_open(conn))
+        {
             *self.idle.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
         }
     }
@@ -91,16 +107,16 @@ impl Drop for Connection<'_> {
 impl SharedStore {
     /// Checks `url` and makes sure the server answers `PING` within `timeout`.
     pub fn connect(url: &str, timeout: Duration) -> Result<Self, SharedStoreError> {
-        let shown = redact(url);
-        let client = redis::Client::open(url).map_err(|e| SharedStoreError::Url {
-            url: shown.clone(),
+        let target = RedisTarget::parse(url).map_err(|e| SharedStoreError::Url {
+            url: redact(url),
             reason: e.to_string(),
         })?;
         let store = Self {
-            client,
-            url: shown,
+            url: target.to_string(),
+            target,
             timeout,
             idle: Arc::new(Mutex::new(None)),
+            discard: Arc::new(AtomicBool::new(false)),
         };
         let mut conn = store.connection()?;
         redis::cmd("PING")
@@ -125,25 +141,22 @@ impl SharedStore {
             .take();
         let conn = match idle {
             Some(conn) => conn,
-            None => {
-                let conn = self
-                    .client
-                    .get_connection_with_timeout(self.timeout)
-                    .map_err(|e| self.unavailable(&e))?;
-                conn.set_read_timeout(Some(self.timeout))
-                    .and_then(|()| conn.set_write_timeout(Some(self.timeout)))
-                    .map_err(|e| self.unavailable(&e))?;
-                conn
-            }
+            None => self
+                .target
+                .connect_blocking(self.timeout)
+                .map_err(|e| self.unavailable(&e))?,
         };
         Ok(Connection {
             conn: Some(conn),
             idle: &self.idle,
+            discard: &self.discard,
         })
     }
 
-    /// An [`SharedStoreError::Unavailable`] for this store.
+    /// An [`SharedStoreError::Unavailable`] for this store. The connection in use is
+    /// then not kept.
     pub fn unavailable(&self, e: &redis::RedisError) -> SharedStoreError {
+        self.discard.store(true, Ordering::Relaxed);
         SharedStoreError::Unavailable {
             url: self.url.clone(),
             reason: e.to_string(),
@@ -156,16 +169,9 @@ impl SharedStore {
     }
 }
 
-/// `url` with the password of its user info, if any, replaced by `***`.
+/// `url` with every password replaced by `***`, fit for logs and messages.
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "<unparseable URL>".to_owned(),
-    }
+    baton_sdk::redis_store::redact(url)
 }
 
 #[cfg(test)]

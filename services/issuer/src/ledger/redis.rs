@@ -15,6 +15,14 @@
 //! from the first script that notices, and every item issued before is then
 //! [`Stale`](LedgerError::Stale).
 //!
+//! Through Redis Sentinel (`redis+sentinel://…`), the primary can change. Replication
+//! is asynchronous, so the newest entries the old primary acknowledged may be missing
+//! on the new one, with the epoch key still present. So every script also carries the
+//! primary's run id, and `{baton}:ledger:epoch-server` records the one that set the
+//! epoch: the first operation through another server process starts a new epoch. A
+//! failover thus costs the tokens outstanding at that moment (refused as stale, callers
+//! fetch new ones) and never a second acceptance.
+//!
 //! Clocks: issue times come from the issuers, expiries are enforced by the Redis
 //! server. An entry is kept until the later of its `exp` and the server's clock plus
 //! the lifetime left by the caller's clock, so a server clock running ahead never
@@ -28,8 +36,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ErrorKind, RedisError, Script};
+use baton_sdk::redis_store::{Primary, RedisLink, RedisTarget};
+use redis::aio::MultiplexedConnection;
+use redis::{ErrorKind, RedisError, Script};
 use tracing::{debug, info, warn};
 
 use super::{LedgerError, LedgerFuture, ReplayLedger, digest_of};
@@ -43,14 +52,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 const KEY_PREFIX: &str = "{baton}:ledger:";
 /// The epoch's key: outside the digest keys' space (those are 32 hex digits).
 const EPOCH_KEY: &str = "{baton}:ledger:epoch";
-/// Retries of a failed connection attempt before the manager gives up until the next
-/// operation asks again. Few and quick: while the store is down every operation waits
-/// on the attempt in flight, so a long backoff would hold each request for the whole
-/// timeout instead of failing it at once; and since any operation starts a new attempt,
-/// a restarted store is found again by the next request.
-const RECONNECT_RETRIES: usize = 1;
-const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
-const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(100);
+/// The run id of the primary that set the epoch (Sentinel only).
+const EPOCH_SERVER_KEY: &str = "{baton}:ledger:epoch-server";
 /// Highest expiry or issue time sent to the store (year 2106, as the memory ledger
 /// saturates): Lua numbers are doubles and print exactly below 10^14.
 const MAX_TIME: i64 = u32::MAX as i64;
@@ -60,15 +63,21 @@ const _: () = assert!(
 );
 
 /// Lua shared by the scripts that need the epoch: reads it, or sets a lost or absent
-/// one to the later of the caller's clock (`ARGV[1]`) and the server's. Leaves it in
-/// `epoch` and the server's seconds in `server_now`. `KEYS[1]` is the epoch key.
+/// one to the later of the caller's clock (`ARGV[1]`) and the server's; a primary that
+/// is another server process (`ARGV[2]`, its run id, or empty for a single server)
+/// than the one recorded in `KEYS[2]` also starts a new one. Leaves it in `epoch` and
+/// the server's seconds in `server_now`. `KEYS[1]` is the epoch key.
 macro_rules! epoch_lua {
     () => {
         r#"
 local now = tonumber(ARGV[1])
 local server_now = tonumber(redis.call('TIME')[1])
 local epoch = tonumber(redis.call('GET', KEYS[1]))
-if not epoch then
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  epoch = math.max(now, server_now, (epoch or 0) + 1)
+  redis.call('SET', KEYS[1], string.format('%d', epoch))
+elseif not epoch then
   epoch = math.max(now, server_now)
   redis.call('SET', KEYS[1], string.format('%d', epoch))
 end
@@ -76,21 +85,21 @@ end
     };
 }
 
-/// `consume`: `KEYS[2]` the item's key; `ARGV[2]` its issue time or `-`, `ARGV[3]` its
+/// `consume`: `KEYS[3]` the item's key; `ARGV[3]` its issue time or `-`, `ARGV[4]` its
 /// expiry. Returns 0 consumed (or already expired: nothing recorded), 1 replayed,
 /// 2 stale.
 const CONSUME_LUA: &str = concat!(
     epoch_lua!(),
     r#"
-if ARGV[2] ~= '-' and tonumber(ARGV[2]) <= epoch then
+if ARGV[3] ~= '-' and tonumber(ARGV[3]) <= epoch then
   return 2
 end
-local exp = tonumber(ARGV[3])
+local exp = tonumber(ARGV[4])
 if exp <= now then
   return 0
 end
 local at_ms = math.max(exp, server_now + (exp - now)) * 1000
-if redis.call('SET', KEYS[2], '1', 'NX', 'PXAT', string.format('%d', at_ms)) then
+if redis.call('SET', KEYS[3], '1', 'NX', 'PXAT', string.format('%d', at_ms)) then
   return 0
 end
 return 1
@@ -126,7 +135,7 @@ return 0
 pub enum RedisConnectError {
     /// The URL does not parse as a Redis URL.
     #[error(
-        "the store URL is not a Redis URL: use redis://[user:password@]host[:port][/db], rediss:// (TLS) or unix:///path"
+        "the store URL is not a Redis URL: use redis://[user:password@]host[:port][/db], rediss:// (TLS), unix:///path or redis+sentinel://host[:port][,host[:port]...]/service[/db]"
     )]
     BadUrl,
     /// No answer within the bound: the store is down, or the host or port is wrong.
@@ -149,8 +158,9 @@ pub enum RedisConnectError {
 
 /// A replay ledger in Redis (or Valkey), shared by every issuer replica using it.
 ///
-/// Cheap to share behind an `Arc`; the connection inside reconnects by itself after a
-/// lost connection or a store restart, and fails each operation closed meanwhile.
+/// Cheap to share behind an `Arc`; the connection inside is dropped when an operation
+/// fails and made again by the next one (through Sentinel, to the primary of the
+/// moment), so the ledger heals by itself and fails each operation closed meanwhile.
 ///
 /// ```no_run
 /// use baton_issuer::ledger::{RedisLedger, ReplayLedger};
@@ -162,7 +172,7 @@ pub enum RedisConnectError {
 /// # }
 /// ```
 pub struct RedisLedger {
-    conn: ConnectionManager,
+    link: RedisLink,
     timeout: Duration,
     consume: Script,
     mark: Script,
@@ -188,7 +198,8 @@ impl RedisLedger {
         Self::connect_with_timeout(url, DEFAULT_TIMEOUT).await
     }
 
-    /// Connects to the store at `url` (`redis://`, `valkey://`, `unix://`), bounding
+    /// Connects to the store at `url` (`redis://`, `rediss://`, `valkey://`, `unix://`,
+    /// `redis+sentinel://`; see [`baton_sdk::redis_store`]), bounding
     /// every later operation by `timeout`. Gives up after three times `timeout` when
     /// the store does not answer, so a start with the store down fails rather than
     /// hangs. Fixes the ledger's epoch if the store has none yet.
@@ -196,19 +207,14 @@ impl RedisLedger {
         url: &str,
         timeout: Duration,
     ) -> Result<Self, RedisConnectError> {
-        let client = Client::open(url).map_err(|_| RedisConnectError::BadUrl)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY);
+        let target = RedisTarget::parse(url).map_err(|_| RedisConnectError::BadUrl)?;
         let bound = timeout.saturating_mul(3);
         let start = async {
-            let conn = ConnectionManager::new_with_config(client, config).await?;
-            check_no_eviction(&mut conn.clone()).await?;
+            let link = RedisLink::new(target, timeout);
+            let mut primary = link.primary().await?;
+            check_no_eviction(&mut primary.connection).await?;
             let ledger = Self {
-                conn,
+                link,
                 timeout,
                 consume: Script::new(CONSUME_LUA),
                 mark: Script::new(MARK_LUA),
@@ -218,8 +224,10 @@ impl RedisLedger {
             let epoch: i64 = ledger
                 .epoch
                 .key(EPOCH_KEY)
+                .key(EPOCH_SERVER_KEY)
                 .arg(clamp(unix_now()))
-                .invoke_async(&mut ledger.conn.clone())
+                .arg(server_arg(&primary))
+                .invoke_async(&mut primary.connection)
                 .await?;
             debug!(epoch, "replay ledger store connected");
             Ok::<_, StartError>(ledger)
@@ -240,12 +248,18 @@ impl RedisLedger {
         self.timeout
     }
 
-    /// Runs one store operation within the timeout; any failure is `Unavailable`.
-    async fn run<T>(
-        &self,
-        op: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, LedgerError> {
-        let outcome = tokio::time::timeout(self.timeout, op).await;
+    /// Runs one store operation on the primary, the whole bounded by the timeout; any
+    /// failure is `Unavailable` and drops the connection, so the next operation makes
+    /// a new one (to the primary of the moment).
+    async fn run<T, F>(&self, op: impl FnOnce(Primary) -> F) -> Result<T, LedgerError>
+    where
+        F: Future<Output = Result<T, RedisError>>,
+    {
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let primary = self.link.primary().await?;
+            op(primary).await
+        })
+        .await;
         match outcome {
             Ok(Ok(value)) => {
                 if !self.reachable.swap(true, Ordering::Relaxed) {
@@ -254,10 +268,12 @@ impl RedisLedger {
                 Ok(value)
             }
             Ok(Err(e)) => {
+                self.link.failed();
                 self.unreachable(&describe(&e));
                 Err(LedgerError::Unavailable)
             }
             Err(_) => {
+                self.link.failed();
                 self.unreachable("timed out");
                 Err(LedgerError::Unavailable)
             }
@@ -284,15 +300,23 @@ impl ReplayLedger for RedisLedger {
         exp: i64,
         now: i64,
     ) -> LedgerFuture<'a, Result<(), LedgerError>> {
-        let mut invocation = self.consume.key(EPOCH_KEY);
-        invocation
-            .key(store_key(key))
-            .arg(clamp(now))
-            .arg(issued_at.map_or_else(|| "-".to_owned(), |iat| clamp(iat).to_string()))
-            .arg(clamp(exp));
-        let mut conn = self.conn.clone();
+        let issued_at = issued_at.map_or_else(|| "-".to_owned(), |iat| clamp(iat).to_string());
+        let (script, key) = (&self.consume, store_key(key));
         Box::pin(async move {
-            let status: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
+            let status: i64 = self
+                .run(|mut primary| async move {
+                    script
+                        .key(EPOCH_KEY)
+                        .key(EPOCH_SERVER_KEY)
+                        .key(key)
+                        .arg(clamp(now))
+                        .arg(server_arg(&primary))
+                        .arg(issued_at)
+                        .arg(clamp(exp))
+                        .invoke_async(&mut primary.connection)
+                        .await
+                })
+                .await?;
             match status {
                 0 => Ok(()),
                 1 => Err(LedgerError::Replayed),
@@ -308,11 +332,18 @@ impl ReplayLedger for RedisLedger {
         exp: i64,
         now: i64,
     ) -> LedgerFuture<'a, Result<(), LedgerError>> {
-        let mut invocation = self.mark.key(store_key(key));
-        invocation.arg(clamp(now)).arg(clamp(exp));
-        let mut conn = self.conn.clone();
+        let (script, key) = (&self.mark, store_key(key));
         Box::pin(async move {
-            let _: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
+            let _: i64 = self
+                .run(|mut primary| async move {
+                    script
+                        .key(key)
+                        .arg(clamp(now))
+                        .arg(clamp(exp))
+                        .invoke_async(&mut primary.connection)
+                        .await
+                })
+                .await?;
             Ok(())
         })
     }
@@ -322,28 +353,53 @@ impl ReplayLedger for RedisLedger {
         key: &'a str,
         _now: i64,
     ) -> LedgerFuture<'a, Result<bool, LedgerError>> {
-        let cmd = redis::cmd("EXISTS").arg(store_key(key)).clone();
-        let mut conn = self.conn.clone();
+        let key = store_key(key);
         Box::pin(async move {
-            let n: i64 = self.run(cmd.query_async(&mut conn)).await?;
+            let n: i64 = self
+                .run(|mut primary| async move {
+                    redis::cmd("EXISTS")
+                        .arg(key)
+                        .query_async(&mut primary.connection)
+                        .await
+                })
+                .await?;
             Ok(n > 0)
         })
     }
 
     fn epoch(&self, now: i64) -> LedgerFuture<'_, Result<i64, LedgerError>> {
-        let mut invocation = self.epoch.key(EPOCH_KEY);
-        invocation.arg(clamp(now));
-        let mut conn = self.conn.clone();
-        Box::pin(async move { self.run(invocation.invoke_async(&mut conn)).await })
+        let script = &self.epoch;
+        Box::pin(async move {
+            self.run(|mut primary| async move {
+                script
+                    .key(EPOCH_KEY)
+                    .key(EPOCH_SERVER_KEY)
+                    .arg(clamp(now))
+                    .arg(server_arg(&primary))
+                    .invoke_async(&mut primary.connection)
+                    .await
+            })
+            .await
+        })
     }
 
     fn ready(&self, _now: i64) -> LedgerFuture<'_, Result<(), LedgerError>> {
-        let mut conn = self.conn.clone();
         Box::pin(async move {
-            let _: String = self.run(redis::cmd("PING").query_async(&mut conn)).await?;
+            let _: String = self
+                .run(|mut primary| async move {
+                    redis::cmd("PING")
+                        .query_async(&mut primary.connection)
+                        .await
+                })
+                .await?;
             Ok(())
         })
     }
+}
+
+/// The primary's run id for the epoch scripts, or empty for a single server.
+fn server_arg(primary: &Primary) -> &str {
+    primary.server.as_deref().unwrap_or("")
 }
 
 /// What can stop a connection from starting, before it becomes a public error.
@@ -360,7 +416,7 @@ impl From<RedisError> for StartError {
 
 /// Refuses a store that says it evicts keys when full. A store that hides its
 /// configuration (managed services often disable `CONFIG`) is taken on trust.
-async fn check_no_eviction(conn: &mut ConnectionManager) -> Result<(), StartError> {
+async fn check_no_eviction(conn: &mut MultiplexedConnection) -> Result<(), StartError> {
     let config: Vec<String> = match redis::cmd("CONFIG")
         .arg("GET")
         .arg("maxmemory")
