@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod redis;
-pub use redis::RedisServer;
+pub use redis::{RedisSentinel, RedisServer};
 
 /// Path of the `baton` binary built alongside this test (same target directory and
 /// profile). `cargo test --workspace` builds it before any test runs.
