@@ -411,6 +411,17 @@ fn run_id(info: &str) -> RedisResult<Arc<str>> {
         })
 }
 
+/// Whether `e` says the connection was unusable, not that the operation failed on a
+/// working one: lost, closed, refused, or reaching a server that is no longer the
+/// primary (`READONLY`: nothing was written).
+fn is_stale_connection(e: &RedisError) -> bool {
+    !e.is_timeout()
+        && (e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly))
+}
+
 /// `url` with the password of its user info, if any, replaced by `***`.
 fn redact_server(url: &str) -> String {
     match url::Url::parse(url) {
@@ -466,13 +477,12 @@ impl fmt::Debug for Primary {
 /// use std::time::Duration;
 /// use baton_sdk::redis_store::{RedisLink, RedisTarget};
 ///
-/// let link = RedisLink::new(RedisTarget::parse("redis+sentinel://10.0.0.1,10.0.0.2/baton")?, Duration::from_secs(1));
-/// let mut primary = link.primary().await?;
-/// let pong: Result<String, _> = redis::cmd("PING").query_async(&mut primary.connection).await;
-/// if pong.is_err() {
-///     link.failed(); // the next call connects again
-/// }
-/// # Ok(()) }
+/// let target = RedisTarget::parse("redis+sentinel://10.0.0.1,10.0.0.2/baton")?;
+/// let link = RedisLink::new(target, Duration::from_secs(1));
+/// let pong: String = link
+///     .run(|mut primary| async move { redis::cmd("PING").query_async(&mut primary.connection).await })
+///     .await?;
+/// # let _ = pong; Ok(()) }
 /// ```
 pub struct RedisLink {
     target: RedisTarget,
@@ -507,22 +517,61 @@ impl RedisLink {
         &self.target
     }
 
+    /// Runs `op` on the primary. Any error drops the connection. An error that says
+    /// the connection was already gone when `op` started (closed by a restart, or
+    /// reaching a former primary that now refuses writes) is tried once more on a new
+    /// connection, so a failover or restart between two operations costs no failed
+    /// operation. That second try is safe for a one-time write: the first either never
+    /// reached a primary or, if its answer alone was lost, makes the second see it as
+    /// already done (refused, the safe side). Timeouts are the caller's to bound.
+    ///
+    /// # Errors
+    ///
+    /// The client's error when no primary could be reached, or `op`'s.
+    pub async fn run<T, F, Fut>(&self, op: F) -> RedisResult<T>
+    where
+        F: Fn(Primary) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let (primary, reused) = self.connection().await?;
+        match op(primary).await {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                self.failed();
+                if !(reused && is_stale_connection(&e)) {
+                    return Err(e);
+                }
+                let (primary, _) = self.connection().await?;
+                let again = op(primary).await;
+                if again.is_err() {
+                    self.failed();
+                }
+                again
+            }
+        }
+    }
+
     /// The current connection to the primary, connecting first if there is none.
     ///
     /// # Errors
     ///
     /// The client's error when no primary could be reached.
     pub async fn primary(&self) -> RedisResult<Primary> {
+        self.connection().await.map(|(primary, _)| primary)
+    }
+
+    /// The connection, and whether it was made before this call.
+    async fn connection(&self) -> RedisResult<(Primary, bool)> {
         if let Some(primary) = self.current() {
-            return Ok(primary);
+            return Ok((primary, true));
         }
         let _turn = self.dialing.lock().await;
         if let Some(primary) = self.current() {
-            return Ok(primary);
+            return Ok((primary, true));
         }
         let primary = self.target.connect(self.timeout).await?;
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(primary.clone());
-        Ok(primary)
+        Ok((primary, false))
     }
 
     /// Drops the current connection after an operation on it failed in any way (lost,

@@ -4,7 +4,9 @@
 //! use, also under concurrent presentations; a restarted verifier still refuses a
 //! replay; a dead Redis refuses tokens within a bound and the same verifier works
 //! again once Redis is back; a Redis that lost its data refuses every token issued
-//! before the loss (epoch) and accepts fresh ones.
+//! before the loss (epoch) and accepts fresh ones; through Redis Sentinel, the guards
+//! follow a failover and refuse every token issued before it (its use on the old
+//! primary may not have been replicated).
 //!
 //! Tokens are signed locally with the SDK's own fixtures (a real CA and real
 //! signatures), so `iat` can be set to the second, with no sleeping.
@@ -20,13 +22,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_sdk::{GuardUnavailable, RedisReplayGuard, Verifier, VerifyError};
-use baton_tests::RedisServer;
+use baton_tests::{RedisSentinel, RedisServer};
 use serde_json::Value;
 use verify_support::*;
 
 /// One callee replica: its own verifier and its own Redis connection.
 async fn replica(ca: &Ca, signer: &Signer, redis: &RedisServer) -> Verifier {
-    let guard = RedisReplayGuard::builder(redis.url())
+    replica_at(ca, signer, &redis.url()).await
+}
+
+/// One callee replica whose guard's store is `url`.
+async fn replica_at(ca: &Ca, signer: &Signer, url: &str) -> Verifier {
+    let guard = RedisReplayGuard::builder(url)
         .timeout(Duration::from_millis(500))
         .connect()
         .await
@@ -297,5 +304,47 @@ async fn connect_fails_clearly_when_redis_is_not_there() {
             baton_sdk::RedisGuardError::Connect(_) | baton_sdk::RedisGuardError::Timeout
         ),
         "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_guards_follow_a_failover_and_refuse_tokens_from_before_it() {
+    let mut sentinel = RedisSentinel::start();
+    let ca = Ca::new(TD);
+    let es = ca.signer(Alg::Es256);
+    let (a, b) = (
+        replica_at(&ca, &es, &sentinel.url()).await,
+        replica_at(&ca, &es, &sentinel.url()).await,
+    );
+    let now = after_connect();
+    let used = es.token(&issued_at(now));
+    let outstanding = es.token(&issued_at(now));
+    assert!(a.verify_async_at(&used, now).await.is_ok());
+    assert_eq!(
+        b.verify_async_at(&used, now).await,
+        Err(VerifyError::Replayed)
+    );
+    sentinel.wait_for_replication(Duration::from_secs(5));
+
+    let old = sentinel.primary_port();
+    sentinel.kill_primary();
+    tokio::task::block_in_place(|| sentinel.wait_for_failover(old, Duration::from_secs(30)));
+
+    // The same verifiers, no rebuild, find the new primary; it starts a new epoch, so
+    // the token never presented is refused like the one that was.
+    assert_eq!(
+        once_reachable(&b, &outstanding, now).await,
+        Err(VerifyError::PredatesReplayLedger)
+    );
+    assert_eq!(
+        a.verify_async_at(&used, now).await,
+        Err(VerifyError::PredatesReplayLedger)
+    );
+    let later = now + 1;
+    let fresh = es.token(&issued_at(later));
+    assert!(a.verify_async_at(&fresh, later).await.is_ok());
+    assert_eq!(
+        b.verify_async_at(&fresh, later).await,
+        Err(VerifyError::Replayed)
     );
 }

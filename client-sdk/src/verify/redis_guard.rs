@@ -195,36 +195,27 @@ impl RedisReplayGuard {
     async fn run(&self, p: Presentation<'_>) -> Result<(), SharedReplayError> {
         let key = self.key(p.jti());
         let keep_until_ms = p.keep_until().saturating_mul(1000);
-        let primary = match tokio::time::timeout(self.timeout, self.link.primary()).await {
-            Ok(Ok(primary)) => primary,
-            Ok(Err(e)) => return Err(unavailable(classify(&e))),
-            Err(_) => return Err(unavailable(GuardUnavailable::Timeout)),
-        };
-        let mut connection = primary.connection;
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(&self.epoch_key)
-            .key(&self.server_key)
-            .key(&key)
-            .arg(p.now())
-            .arg(primary.server.as_deref().unwrap_or(""))
-            .arg(keep_until_ms)
-            .arg(p.issued_at());
-        let answer: Result<i64, redis::RedisError> = match tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async(&mut connection),
-        )
-        .await
-        {
+        let (script, epoch_key, server_key) = (&self.script, &self.epoch_key, &self.server_key);
+        let key = &key;
+        let consume = self.link.run(|mut primary| async move {
+            script
+                .key(epoch_key)
+                .key(server_key)
+                .key(key)
+                .arg(p.now())
+                .arg(primary.server.as_deref().unwrap_or(""))
+                .arg(keep_until_ms)
+                .arg(p.issued_at())
+                .invoke_async::<i64>(&mut primary.connection)
+                .await
+        });
+        let answer = match tokio::time::timeout(self.timeout, consume).await {
             Ok(answer) => answer,
             Err(_) => {
                 self.link.failed();
                 return Err(unavailable(GuardUnavailable::Timeout));
             }
         };
-        if answer.is_err() {
-            self.link.failed();
-        }
         match answer {
             Ok(1) => Ok(()),
             Ok(0) => Err(SharedReplayError::Replayed),
@@ -341,16 +332,19 @@ impl RedisGuardBuilder {
         // First use of this store (or of this primary): start its epoch now, so
         // tokens minted from here on are accepted (the script would otherwise start it
         // at the first token).
-        let started = async {
-            let mut primary = guard.link.primary().await?;
-            redis::Script::new(EPOCH)
-                .key(&guard.epoch_key)
-                .key(&guard.server_key)
-                .arg(unix_now())
-                .arg(primary.server.as_deref().unwrap_or(""))
-                .invoke_async::<i64>(&mut primary.connection)
-                .await
-        };
+        let epoch = redis::Script::new(EPOCH);
+        let started = guard.link.run(|mut primary| {
+            let (epoch, guard) = (&epoch, &guard);
+            async move {
+                epoch
+                    .key(&guard.epoch_key)
+                    .key(&guard.server_key)
+                    .arg(unix_now())
+                    .arg(primary.server.as_deref().unwrap_or(""))
+                    .invoke_async::<i64>(&mut primary.connection)
+                    .await
+            }
+        });
         tokio::time::timeout(guard.timeout, started)
             .await
             .map_err(|_| RedisGuardError::Timeout)?

@@ -248,18 +248,15 @@ impl RedisLedger {
         self.timeout
     }
 
-    /// Runs one store operation on the primary, the whole bounded by the timeout; any
+    /// Runs one store operation on the primary ([`RedisLink::run`]: once more on a new
+    /// connection if the kept one was gone), the whole bounded by the timeout; any
     /// failure is `Unavailable` and drops the connection, so the next operation makes
     /// a new one (to the primary of the moment).
-    async fn run<T, F>(&self, op: impl FnOnce(Primary) -> F) -> Result<T, LedgerError>
+    async fn run<T, F>(&self, op: impl Fn(Primary) -> F) -> Result<T, LedgerError>
     where
         F: Future<Output = Result<T, RedisError>>,
     {
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let primary = self.link.primary().await?;
-            op(primary).await
-        })
-        .await;
+        let outcome = tokio::time::timeout(self.timeout, self.link.run(op)).await;
         match outcome {
             Ok(Ok(value)) => {
                 if !self.reachable.swap(true, Ordering::Relaxed) {
@@ -303,6 +300,7 @@ impl ReplayLedger for RedisLedger {
         let issued_at = issued_at.map_or_else(|| "-".to_owned(), |iat| clamp(iat).to_string());
         let (script, key) = (&self.consume, store_key(key));
         Box::pin(async move {
+            let (key, issued_at) = (&key, &issued_at);
             let status: i64 = self
                 .run(|mut primary| async move {
                     script
@@ -334,6 +332,7 @@ impl ReplayLedger for RedisLedger {
     ) -> LedgerFuture<'a, Result<(), LedgerError>> {
         let (script, key) = (&self.mark, store_key(key));
         Box::pin(async move {
+            let key = &key;
             let _: i64 = self
                 .run(|mut primary| async move {
                     script
@@ -355,6 +354,7 @@ impl ReplayLedger for RedisLedger {
     ) -> LedgerFuture<'a, Result<bool, LedgerError>> {
         let key = store_key(key);
         Box::pin(async move {
+            let key = &key;
             let n: i64 = self
                 .run(|mut primary| async move {
                     redis::cmd("EXISTS")
