@@ -19,10 +19,14 @@
 //! finds a read-only replica is dropped, and the next operation asks the sentinels
 //! again: after a failover, service resumes as soon as Sentinel has promoted a replica.
 //!
-//! Replication is asynchronous, so a failover can lose the last writes the old primary
-//! acknowledged. [`Primary::server`] names the server process a connection reaches
-//! (its `run_id`), so a replay ledger can notice that it now writes to another
-//! process and start a new epoch rather than trust a history that may miss entries.
+//! A server can lose writes it acknowledged: replication is asynchronous, so a failover
+//! can lose the last writes of the old primary, and a restart loses those not yet on
+//! disk (with `appendfsync everysec`, Redis's default for an append-only file, up to a
+//! second of them). [`Primary::server`] names the server process a connection reaches
+//! (its `run_id`) and [`Primary::keeps_writes`] says whether that process is known to
+//! hold every write its predecessor acknowledged, so a replay ledger can notice that
+//! it now writes to another process and start a new epoch rather than trust a history
+//! that may miss entries.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -292,7 +296,7 @@ impl RedisTarget {
     }
 
     /// An asynchronous multiplexed connection to the primary, each step bounded by
-    /// `timeout`; through Sentinel, checked to be the primary and named by its run id.
+    /// `timeout`, named by its run id; through Sentinel, checked to be the primary.
     async fn connect(&self, timeout: Duration) -> RedisResult<Primary> {
         let client = match &self.kind {
             Kind::Server(client) => Client::clone(client),
@@ -313,18 +317,25 @@ impl RedisTarget {
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        let server = if self.is_sentinel() {
+        if self.is_sentinel() {
             let role: redis::Value = redis::cmd("ROLE").query_async(&mut connection).await?;
             require_primary(&role)?;
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(&mut connection)
-                .await?;
-            Some(run_id(&info)?)
-        } else {
-            None
-        };
-        Ok(Primary { connection, server })
+        }
+        // The default sections: server, persistence and replication among them.
+        let info: String = redis::cmd("INFO").query_async(&mut connection).await?;
+        // Managed services often disable CONFIG: then nothing is known to be durable.
+        let fsync: Option<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendfsync")
+            .query_async(&mut connection)
+            .await
+            .ok();
+        let fsync_always = fsync.is_some_and(|pair| pair.get(1).is_some_and(|v| v == "always"));
+        Ok(Primary {
+            connection,
+            server: run_id(&info)?,
+            keeps_writes: keeps_writes(&info, fsync_always),
+        })
     }
 }
 
@@ -400,11 +411,29 @@ fn require_primary(role: &redis::Value) -> RedisResult<()> {
     }
 }
 
+/// The value of `field` in an `INFO` answer.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        line.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// Whether a server holds every write acknowledged before it started: it writes each
+/// one to its append-only file before answering (`appendfsync always`), and it is not
+/// a replica promoted since it started (whose primary replicated asynchronously; a
+/// promotion sets `second_repl_offset`).
+fn keeps_writes(info: &str, fsync_always: bool) -> bool {
+    fsync_always
+        && info_field(info, "aof_enabled") == Some("1")
+        && info_field(info, "second_repl_offset") == Some("-1")
+}
+
 /// The `run_id` line of `INFO server`.
 fn run_id(info: &str) -> RedisResult<Arc<str>> {
-    info.lines()
-        .find_map(|line| line.strip_prefix("run_id:"))
-        .map(|id| Arc::from(id.trim()))
+    info_field(info, "run_id")
+        .map(Arc::from)
         .filter(|id: &Arc<str>| !id.is_empty())
         .ok_or_else(|| {
             RedisError::from((ErrorKind::UnexpectedReturnType, "INFO server has no run_id"))
@@ -455,15 +484,27 @@ pub fn redact(url: &str) -> String {
 pub struct Primary {
     /// Multiplexed: clone it per operation.
     pub connection: MultiplexedConnection,
-    /// The primary's `run_id` when found through Sentinel, `None` for one server. It
-    /// changes with a failover (and with a restart).
-    pub server: Option<Arc<str>>,
+    /// The server's `run_id`: it changes with every restart and failover.
+    pub server: Arc<str>,
+    /// Whether this server is known to hold every write acknowledged before it
+    /// started: `appendonly yes` with `appendfsync always`, and not a replica promoted
+    /// since. When `false`, writes its predecessor (the same server before a restart,
+    /// or the old primary) acknowledged may be missing.
+    pub keeps_writes: bool,
+}
+
+impl Primary {
+    /// `"1"` or `"0"`: [`keeps_writes`](Self::keeps_writes) as a script argument.
+    pub fn keeps_writes_arg(&self) -> &'static str {
+        if self.keeps_writes { "1" } else { "0" }
+    }
 }
 
 impl fmt::Debug for Primary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Primary")
             .field("server", &self.server)
+            .field("keeps_writes", &self.keeps_writes)
             .finish_non_exhaustive()
     }
 }
@@ -689,5 +730,26 @@ mod tests {
         let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:4f1c0d\r\ntcp_port:6379\r\n";
         assert_eq!(&*run_id(info).unwrap(), "4f1c0d");
         assert!(run_id("# Server\r\nrun_id:\r\n").is_err());
+        assert!(run_id("# Server\r\nrun_idx:1\r\n").is_err());
+    }
+
+    #[test]
+    fn only_a_synced_unpromoted_server_keeps_every_acknowledged_write() {
+        let info = |aof: &str, second: &str| {
+            format!(
+                "# Persistence\r\naof_enabled:{aof}\r\n# Replication\r\nsecond_repl_offset:{second}\r\n"
+            )
+        };
+        assert!(keeps_writes(&info("1", "-1"), true));
+        assert!(
+            !keeps_writes(&info("1", "-1"), false),
+            "everysec may lose a second"
+        );
+        assert!(!keeps_writes(&info("0", "-1"), true), "no append-only file");
+        assert!(
+            !keeps_writes(&info("1", "1234"), true),
+            "a promoted replica"
+        );
+        assert!(!keeps_writes("", true), "nothing known");
     }
 }

@@ -16,7 +16,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
-    appendonly: bool,
+    /// `appendfsync` of an append-only file, or `None` for no persistence.
+    appendonly: Option<&'static str>,
     /// `(certificate, key, CA)` PEM files: TLS only, on `port`.
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
     /// The primary's port, for a replica (`--replicaof 127.0.0.1 <port>`).
@@ -27,13 +28,20 @@ impl RedisServer {
     /// Starts a server with no persistence on a free port and waits (at most 10 s)
     /// until it answers `PING`.
     pub fn start() -> RedisServer {
-        Self::start_with(false)
+        Self::start_with(None)
     }
 
     /// Starts a server that logs every write to an append-only file (`appendfsync
     /// always`), so it keeps its data across [`restart`](Self::restart).
     pub fn start_durable() -> RedisServer {
-        Self::start_with(true)
+        Self::start_with(Some("always"))
+    }
+
+    /// Starts a server with an append-only file synced once a second (`appendfsync
+    /// everysec`, Redis's default): it keeps most of its data across a restart, but
+    /// may lose the last second of acknowledged writes to a crash.
+    pub fn start_everysec() -> RedisServer {
+        Self::start_with(Some("everysec"))
     }
 
     /// Starts a server with no persistence on `port` (e.g. one a killed server used).
@@ -43,7 +51,7 @@ impl RedisServer {
             child: None,
             port,
             dir,
-            appendonly: false,
+            appendonly: None,
             tls: None,
             replica_of: None,
         };
@@ -63,7 +71,7 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir,
-            appendonly: false,
+            appendonly: None,
             tls: Some((cert.to_owned(), key.to_owned(), ca.to_owned())),
             replica_of: None,
         };
@@ -79,7 +87,7 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir,
-            appendonly: false,
+            appendonly: None,
             tls: None,
             replica_of: Some(primary),
         };
@@ -87,7 +95,7 @@ impl RedisServer {
         server
     }
 
-    fn start_with(appendonly: bool) -> RedisServer {
+    fn start_with(appendonly: Option<&'static str>) -> RedisServer {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let mut server = RedisServer {
@@ -169,8 +177,8 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if self.appendonly {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        if let Some(fsync) = self.appendonly {
+            cmd.args(["--appendonly", "yes", "--appendfsync", fsync]);
         } else {
             cmd.args(["--appendonly", "no"]);
         }

@@ -106,14 +106,14 @@ async fn two_replicas_sharing_one_redis_accept_a_token_exactly_once() {
         Err(VerifyError::AsyncVerificationRequired)
     );
 
-    // One key per token plus the epoch; the token's key lives until exp + 5 s leeway
-    // (PXAT), and its name is a digest, not the jti.
+    // One key per token plus the epoch and its server; the token's key lives until
+    // exp + 5 s leeway (PXAT), and its name is a digest, not the jti.
     let keys = redis.cli(&["KEYS", "{baton}:ledger:*"]);
     let keys: Vec<&str> = keys.lines().collect();
-    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys.len(), 3, "{keys:?}");
     let token_key = keys
         .iter()
-        .find(|k| !k.ends_with("epoch"))
+        .find(|k| !k.starts_with("{baton}:ledger:epoch"))
         .copied()
         .unwrap();
     assert!(!token_key.contains(c["jti"].as_str().unwrap()));

@@ -21,21 +21,24 @@ use super::shared::{
 use super::unix_now;
 use crate::redis_store::{RedisLink, RedisTarget, RedisTargetError};
 
-/// Lua shared by both scripts: leaves the store's epoch in `epoch`, starting a new one
-/// at `ARGV[1]` (now, Unix s) when the store has none (first use, or it lost its data)
-/// or when the primary is another server process than the one that recorded the epoch
-/// (`ARGV[2]`, its run id, or empty for a single server): after a Sentinel failover the
-/// last consumes the old primary acknowledged may never have reached the new one.
-/// `KEYS[1]` is the epoch key, `KEYS[2]` the key naming the epoch's server.
+/// Lua shared by both scripts: leaves the store's epoch in `epoch`. A new one starts
+/// at `ARGV[1]` (now, Unix s) when the store has none (first use, or it lost its data),
+/// and also when the server is another process (`ARGV[2]`, its run id) than the one
+/// recorded in `KEYS[2]` and is not known to hold every write its predecessor
+/// acknowledged (`ARGV[3]` = `0`): after a failover, or a restart that may have lost
+/// the last second of writes, consumed ids may be missing. `KEYS[1]` is the epoch key.
 macro_rules! epoch_lua {
     () => {
         r"
 local epoch = tonumber(redis.call('GET', KEYS[1]))
-if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   redis.call('SET', KEYS[2], ARGV[2])
-  epoch = math.max(tonumber(ARGV[1]), (epoch or 0) + 1)
-  redis.call('SET', KEYS[1], string.format('%d', epoch))
-elseif not epoch then
+  if epoch and ARGV[3] ~= '1' then
+    epoch = math.max(tonumber(ARGV[1]), epoch + 1)
+    redis.call('SET', KEYS[1], string.format('%d', epoch))
+  end
+end
+if not epoch then
   epoch = tonumber(ARGV[1])
   redis.call('SET', KEYS[1], string.format('%d', epoch))
 end
@@ -43,15 +46,15 @@ end
     };
 }
 
-/// KEYS[3]: the token's replay key. ARGV[3]: keep it until (Unix ms); ARGV[4]: iat
+/// KEYS[3]: the token's replay key. ARGV[4]: keep it until (Unix ms); ARGV[5]: iat
 /// (Unix s). Returns 1 = consumed, 0 = replayed, -1 = issued at or before the epoch.
 const CONSUME: &str = concat!(
     epoch_lua!(),
     r"
-if tonumber(ARGV[4]) <= epoch then
+if tonumber(ARGV[5]) <= epoch then
   return -1
 end
-if redis.call('SET', KEYS[3], '1', 'NX', 'PXAT', ARGV[3]) then
+if redis.call('SET', KEYS[3], '1', 'NX', 'PXAT', ARGV[4]) then
   return 1
 end
 return 0
@@ -92,11 +95,12 @@ const EPOCH: &str = concat!(epoch_lua!(), "return epoch\n");
 /// replay window for its token. Clocks of verifiers and Redis must agree (NTP), since
 /// keys expire at absolute times. The store is one Redis node, or a primary found
 /// through Redis Sentinel (`redis+sentinel://` URLs, see
-/// [`redis_store`](crate::redis_store)): after a failover the guard asks the sentinels
-/// for the new primary and, since replication is asynchronous and the newest consumes
-/// may be lost with the old primary, starts a new epoch on it (tokens issued before are
-/// then refused as [`PredatesReplayLedger`](crate::VerifyError::PredatesReplayLedger)).
-/// Not a Redis Cluster.
+/// [`redis_store`](crate::redis_store)), never a Redis Cluster. After a failover the
+/// guard asks the sentinels for the new primary. Whenever the server process changes
+/// (failover or restart) and the new one is not known to hold every write the old one
+/// acknowledged (`appendfsync always`, and not a promoted replica: replication is
+/// asynchronous), the guard starts a new epoch, so tokens issued before are refused as
+/// [`PredatesReplayLedger`](crate::VerifyError::PredatesReplayLedger).
 ///
 /// ```no_run
 /// # async fn example(bundle_pem: &[u8], token: &str) -> Result<(), Box<dyn std::error::Error>> {
@@ -203,7 +207,8 @@ impl RedisReplayGuard {
                 .key(server_key)
                 .key(key)
                 .arg(p.now())
-                .arg(primary.server.as_deref().unwrap_or(""))
+                .arg(&*primary.server)
+                .arg(primary.keeps_writes_arg())
                 .arg(keep_until_ms)
                 .arg(p.issued_at())
                 .invoke_async::<i64>(&mut primary.connection)
@@ -340,7 +345,8 @@ impl RedisGuardBuilder {
                     .key(&guard.epoch_key)
                     .key(&guard.server_key)
                     .arg(unix_now())
-                    .arg(primary.server.as_deref().unwrap_or(""))
+                    .arg(&*primary.server)
+                    .arg(primary.keeps_writes_arg())
                     .invoke_async::<i64>(&mut primary.connection)
                     .await
             }

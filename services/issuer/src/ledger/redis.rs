@@ -15,13 +15,16 @@
 //! from the first script that notices, and every item issued before is then
 //! [`Stale`](LedgerError::Stale).
 //!
-//! Through Redis Sentinel (`redis+sentinel://…`), the primary can change. Replication
-//! is asynchronous, so the newest entries the old primary acknowledged may be missing
-//! on the new one, with the epoch key still present. So every script also carries the
-//! primary's run id, and `{baton}:ledger:epoch-server` records the one that set the
-//! epoch: the first operation through another server process starts a new epoch. A
-//! failover thus costs the tokens outstanding at that moment (refused as stale, callers
-//! fetch new ones) and never a second acceptance.
+//! A store can also lose the newest entries while keeping the epoch key: after a
+//! failover (replication is asynchronous, whether through Sentinel or behind a managed
+//! endpoint), or a restart with `appendfsync everysec` (Redis's default for an
+//! append-only file: up to a second of writes). So every script also carries the
+//! server's run id, and `{baton}:ledger:epoch-server` records the last one seen: the
+//! first operation through another server process starts a new epoch unless that
+//! process is known to hold every acknowledged write (`appendfsync always` and not a
+//! promoted replica; see [`baton_sdk::redis_store::Primary`]). A failover thus costs
+//! the tokens outstanding at that moment (refused as stale, callers fetch new ones) and
+//! never a second acceptance.
 //!
 //! Clocks: issue times come from the issuers, expiries are enforced by the Redis
 //! server. An entry is kept until the later of its `exp` and the server's clock plus
@@ -52,7 +55,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 const KEY_PREFIX: &str = "{baton}:ledger:";
 /// The epoch's key: outside the digest keys' space (those are 32 hex digits).
 const EPOCH_KEY: &str = "{baton}:ledger:epoch";
-/// The run id of the primary that set the epoch (Sentinel only).
+/// The run id of the last server process the ledger ran on.
 const EPOCH_SERVER_KEY: &str = "{baton}:ledger:epoch-server";
 /// Highest expiry or issue time sent to the store (year 2106, as the memory ledger
 /// saturates): Lua numbers are doubles and print exactly below 10^14.
@@ -63,21 +66,25 @@ const _: () = assert!(
 );
 
 /// Lua shared by the scripts that need the epoch: reads it, or sets a lost or absent
-/// one to the later of the caller's clock (`ARGV[1]`) and the server's; a primary that
-/// is another server process (`ARGV[2]`, its run id, or empty for a single server)
-/// than the one recorded in `KEYS[2]` also starts a new one. Leaves it in `epoch` and
-/// the server's seconds in `server_now`. `KEYS[1]` is the epoch key.
+/// one to the later of the caller's clock (`ARGV[1]`) and the server's. It also starts
+/// a new one when the server is another process (`ARGV[2]`, its run id) than the one
+/// recorded in `KEYS[2]` and is not known to hold every write its predecessor
+/// acknowledged (`ARGV[3]` = `0`). Leaves it in `epoch` and the server's seconds in
+/// `server_now`. `KEYS[1]` is the epoch key.
 macro_rules! epoch_lua {
     () => {
         r#"
 local now = tonumber(ARGV[1])
 local server_now = tonumber(redis.call('TIME')[1])
 local epoch = tonumber(redis.call('GET', KEYS[1]))
-if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   redis.call('SET', KEYS[2], ARGV[2])
-  epoch = math.max(now, server_now, (epoch or 0) + 1)
-  redis.call('SET', KEYS[1], string.format('%d', epoch))
-elseif not epoch then
+  if epoch and ARGV[3] ~= '1' then
+    epoch = math.max(now, server_now, epoch + 1)
+    redis.call('SET', KEYS[1], string.format('%d', epoch))
+  end
+end
+if not epoch then
   epoch = math.max(now, server_now)
   redis.call('SET', KEYS[1], string.format('%d', epoch))
 end
@@ -85,16 +92,16 @@ end
     };
 }
 
-/// `consume`: `KEYS[3]` the item's key; `ARGV[3]` its issue time or `-`, `ARGV[4]` its
+/// `consume`: `KEYS[3]` the item's key; `ARGV[4]` its issue time or `-`, `ARGV[5]` its
 /// expiry. Returns 0 consumed (or already expired: nothing recorded), 1 replayed,
 /// 2 stale.
 const CONSUME_LUA: &str = concat!(
     epoch_lua!(),
     r#"
-if ARGV[3] ~= '-' and tonumber(ARGV[3]) <= epoch then
+if ARGV[4] ~= '-' and tonumber(ARGV[4]) <= epoch then
   return 2
 end
-local exp = tonumber(ARGV[4])
+local exp = tonumber(ARGV[5])
 if exp <= now then
   return 0
 end
@@ -226,7 +233,8 @@ impl RedisLedger {
                 .key(EPOCH_KEY)
                 .key(EPOCH_SERVER_KEY)
                 .arg(clamp(unix_now()))
-                .arg(server_arg(&primary))
+                .arg(&*primary.server)
+                .arg(primary.keeps_writes_arg())
                 .invoke_async(&mut primary.connection)
                 .await?;
             debug!(epoch, "replay ledger store connected");
@@ -308,7 +316,8 @@ impl ReplayLedger for RedisLedger {
                         .key(EPOCH_SERVER_KEY)
                         .key(key)
                         .arg(clamp(now))
-                        .arg(server_arg(&primary))
+                        .arg(&*primary.server)
+                        .arg(primary.keeps_writes_arg())
                         .arg(issued_at)
                         .arg(clamp(exp))
                         .invoke_async(&mut primary.connection)
@@ -375,7 +384,8 @@ impl ReplayLedger for RedisLedger {
                     .key(EPOCH_KEY)
                     .key(EPOCH_SERVER_KEY)
                     .arg(clamp(now))
-                    .arg(server_arg(&primary))
+                    .arg(&*primary.server)
+                    .arg(primary.keeps_writes_arg())
                     .invoke_async(&mut primary.connection)
                     .await
             })
@@ -395,11 +405,6 @@ impl ReplayLedger for RedisLedger {
             Ok(())
         })
     }
-}
-
-/// The primary's run id for the epoch scripts, or empty for a single server.
-fn server_arg(primary: &Primary) -> &str {
-    primary.server.as_deref().unwrap_or("")
 }
 
 /// What can stop a connection from starting, before it becomes a public error.
