@@ -9,9 +9,8 @@
 //! the issuer's in-memory ledger refuses tokens issued before its start.
 
 use std::fmt;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use ring::digest;
 
@@ -85,8 +84,9 @@ const EPOCH: &str = concat!(epoch_lua!(), "return epoch\n");
 ///   [`VerifyError::SharedGuardUnavailable`](crate::VerifyError::SharedGuardUnavailable)
 ///   naming the reason. A failed connection is dropped and the next token connects
 ///   again, so verification works again once Redis is back, with no rebuild.
-/// - **Data loss is caught**: the key `<prefix>epoch` is set (`NX`) to the current
-///   time at connect and recreated by the script whenever it has vanished; tokens
+/// - **Data loss is caught**: the key `<prefix>epoch` is set to the current time at
+///   connect if absent, recreated by the script whenever it has vanished, and moved
+///   forward when the server process changed and may have lost writes (below); tokens
 ///   whose `iat` is at or before it are refused with
 ///   [`VerifyError::PredatesReplayLedger`](crate::VerifyError::PredatesReplayLedger),
 ///   since their use before the loss cannot be known.
