@@ -28,35 +28,25 @@ impl RedisServer {
     /// Starts a server with no persistence on a free port and waits (at most 10 s)
     /// until it answers `PING`.
     pub fn start() -> RedisServer {
-        Self::start_with(None)
+        Self::launch(free_port(), None, None, None)
     }
 
     /// Starts a server that logs every write to an append-only file (`appendfsync
     /// always`), so it keeps its data across [`restart`](Self::restart).
     pub fn start_durable() -> RedisServer {
-        Self::start_with(Some("always"))
+        Self::launch(free_port(), Some("always"), None, None)
     }
 
     /// Starts a server with an append-only file synced once a second (`appendfsync
     /// everysec`, Redis's default): it keeps most of its data across a restart, but
     /// may lose the last second of acknowledged writes to a crash.
     pub fn start_everysec() -> RedisServer {
-        Self::start_with(Some("everysec"))
+        Self::launch(free_port(), Some("everysec"), None, None)
     }
 
     /// Starts a server with no persistence on `port` (e.g. one a killed server used).
     pub fn start_on(port: u16) -> RedisServer {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-            appendonly: None,
-            tls: None,
-            replica_of: None,
-        };
-        server.spawn();
-        server
+        Self::launch(port, None, None, None)
     }
 
     /// Starts a server that speaks TLS only, with the certificate chain and key in
@@ -66,45 +56,30 @@ impl RedisServer {
         key: &std::path::Path,
         ca: &std::path::Path,
     ) -> RedisServer {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mut server = RedisServer {
-            child: None,
-            port: free_port(),
-            dir,
-            appendonly: None,
-            tls: Some((cert.to_owned(), key.to_owned(), ca.to_owned())),
-            replica_of: None,
-        };
-        server.spawn();
-        server
+        let tls = (cert.to_owned(), key.to_owned(), ca.to_owned());
+        Self::launch(free_port(), None, Some(tls), None)
     }
 
     /// Starts a replica of the server on `primary` (loopback), with no persistence, on
     /// a free port; waits until it answers `PING`, not until it has synced.
     fn start_replica_of(primary: u16) -> RedisServer {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mut server = RedisServer {
-            child: None,
-            port: free_port(),
-            dir,
-            appendonly: None,
-            tls: None,
-            replica_of: Some(primary),
-        };
-        server.spawn();
-        server
+        Self::launch(free_port(), None, None, Some(primary))
     }
 
-    fn start_with(appendonly: Option<&'static str>) -> RedisServer {
-        let port = free_port();
+    fn launch(
+        port: u16,
+        appendonly: Option<&'static str>,
+        tls: Option<(PathBuf, PathBuf, PathBuf)>,
+        replica_of: Option<u16>,
+    ) -> RedisServer {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let mut server = RedisServer {
             child: None,
             port,
             dir,
             appendonly,
-            tls: None,
-            replica_of: None,
+            tls,
+            replica_of,
         };
         server.spawn();
         server
