@@ -26,7 +26,7 @@ use crate::attest::MAX_JTI_BYTES;
 use crate::deny::DenyList;
 use crate::jws::{self, CompactJws, JwsError};
 use crate::keyring::{KeyState, Keyring};
-use crate::ledger::{LedgerError, ReplayLedger};
+use crate::ledger::{Consumed, LedgerError, ReplayLedger};
 
 /// Ledger key prefix of a consumed access token: `access-token <jti>`.
 const ACCESS_TOKEN_KEY: &str = "access-token ";
@@ -323,27 +323,25 @@ impl Introspector {
         if self.deny.contains(&claims.sub) {
             return Err(Rejection::of(InactiveReason::DeniedSubject, claims));
         }
-        match self.ledger.contains(&session_key(&claims.sid), now).await {
-            Ok(false) => {}
-            Ok(true) => return Err(Rejection::of(InactiveReason::RevokedSession, claims)),
-            Err(e) => return Err(Rejection::of(e.into(), claims)),
-        }
-        // Last: only a token that passed every check is consumed. Kept until it can no
+        // Last: only a token that passed every check, and whose session is not revoked,
+        // is consumed (one step: one round trip to a shared store). Kept until it can no
         // longer be accepted, exp + leeway. The ledger refuses one minted at or before
         // its epoch (SPEC §7), which covers a restart and a shared store's data loss.
-        if let Err(e) = self
+        let consumed = self
             .ledger
-            .consume(
+            .consume_unless(
                 &token_key(&claims.jti),
+                &session_key(&claims.sid),
                 Some(claims.iat),
                 claims.exp.saturating_add(leeway()),
                 now,
             )
-            .await
-        {
-            return Err(Rejection::of(e.into(), claims));
+            .await;
+        match consumed {
+            Ok(Consumed::Yes) => Ok(claims),
+            Ok(Consumed::Blocked) => Err(Rejection::of(InactiveReason::RevokedSession, claims)),
+            Err(e) => Err(Rejection::of(e.into(), claims)),
         }
-        Ok(claims)
     }
 
     /// RFC 7009 revocation of `token` by the authenticated `caller` at `now`: its whole

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_issuer::ledger::{LedgerError, RedisConnectError, RedisLedger, ReplayLedger};
+use baton_issuer::ledger::{Consumed, LedgerError, RedisConnectError, RedisLedger, ReplayLedger};
 use baton_tests::RedisServer;
 
 /// Generous bound for "promptly" on a loaded CI machine; the ledger's own timeout is 1 s.
@@ -384,4 +384,70 @@ async fn store_that_evicts_keys_is_refused() {
         "OK"
     );
     assert!(RedisLedger::connect(&server.url()).await.is_ok());
+}
+
+#[tokio::test]
+async fn consume_unless_a_live_blocker_is_one_step_that_records_nothing_when_blocked() {
+    let server = RedisServer::start();
+    let ledger = connect(&server).await;
+    let now = ledger.epoch(unix_now()).await.unwrap() + 1;
+    ledger
+        .mark("revoked-session s1", now + 60, now)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        ledger
+            .consume_unless(
+                "access-token a",
+                "revoked-session s1",
+                Some(now),
+                now + 60,
+                now
+            )
+            .await,
+        Ok(Consumed::Blocked)
+    );
+    assert_eq!(
+        ledger.contains("access-token a", now).await,
+        Ok(false),
+        "nothing recorded"
+    );
+    assert_eq!(
+        ledger
+            .consume_unless(
+                "access-token b",
+                "revoked-session s2",
+                Some(now),
+                now + 60,
+                now
+            )
+            .await,
+        Ok(Consumed::Yes)
+    );
+    assert_eq!(
+        ledger
+            .consume_unless(
+                "access-token b",
+                "revoked-session s2",
+                Some(now),
+                now + 60,
+                now
+            )
+            .await,
+        Err(LedgerError::Replayed)
+    );
+    assert_eq!(
+        ledger
+            .consume_unless(
+                "access-token c",
+                "revoked-session s2",
+                Some(now - 1),
+                now + 60,
+                now
+            )
+            .await,
+        Err(LedgerError::Stale),
+        "the epoch still applies"
+    );
 }

@@ -52,6 +52,15 @@ pub enum LedgerError {
     Unavailable,
 }
 
+/// What [`ReplayLedger::consume_unless`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumed {
+    /// The key is now consumed.
+    Yes,
+    /// The blocker was live: nothing was recorded.
+    Blocked,
+}
+
 /// What every [`ReplayLedger`] method returns: a boxed future, so the trait stays
 /// object safe (`Arc<dyn ReplayLedger>`) and `Send` across `.await` in handlers.
 pub type LedgerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -76,6 +85,27 @@ pub trait ReplayLedger: Send + Sync + std::fmt::Debug {
         exp: i64,
         now: i64,
     ) -> LedgerFuture<'a, Result<(), LedgerError>>;
+
+    /// [`consume`](Self::consume), unless `blocker` is live at `now` (a revoked
+    /// session): then nothing is recorded and the answer is
+    /// [`Consumed::Blocked`]. One step where the store allows it (one round trip to
+    /// Redis); otherwise a lookup, then the consume.
+    fn consume_unless<'a>(
+        &'a self,
+        key: &'a str,
+        blocker: &'a str,
+        issued_at: Option<i64>,
+        exp: i64,
+        now: i64,
+    ) -> LedgerFuture<'a, Result<Consumed, LedgerError>> {
+        Box::pin(async move {
+            if self.contains(blocker, now).await? {
+                return Ok(Consumed::Blocked);
+            }
+            self.consume(key, issued_at, exp, now).await?;
+            Ok(Consumed::Yes)
+        })
+    }
 
     /// Records `key` as live until `exp`, whether or not it already is; a live entry
     /// keeps the later of its two expiries. For marks that are checked with

@@ -44,7 +44,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, Script};
 use tracing::{debug, info, warn};
 
-use super::{LedgerError, LedgerFuture, ReplayLedger, digest_of};
+use super::{Consumed, LedgerError, LedgerFuture, ReplayLedger, digest_of};
 
 /// How long one ledger operation may take before it fails as
 /// [`LedgerError::Unavailable`], unless [`RedisLedger::connect_with_timeout`] says
@@ -92,12 +92,16 @@ end
     };
 }
 
-/// `consume`: `KEYS[3]` the item's key; `ARGV[4]` its issue time or `-`, `ARGV[5]` its
-/// expiry. Returns 0 consumed (or already expired: nothing recorded), 1 replayed,
-/// 2 stale.
+/// `consume`: `KEYS[3]` the item's key, and `KEYS[4]` if given a blocker; `ARGV[4]` its
+/// issue time or `-`, `ARGV[5]` its expiry. Returns 0 consumed (or already expired:
+/// nothing recorded), 1 replayed, 2 stale, 3 blocked (the blocker is live: nothing
+/// recorded).
 const CONSUME_LUA: &str = concat!(
     epoch_lua!(),
     r#"
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
+  return 3
+end
 if ARGV[4] ~= '-' and tonumber(ARGV[4]) <= epoch then
   return 2
 end
@@ -285,6 +289,36 @@ impl RedisLedger {
         }
     }
 
+    /// The consume script for `key`, refused when `blocker` is live: its status.
+    async fn run_consume(
+        &self,
+        key: &str,
+        blocker: Option<&str>,
+        issued_at: Option<i64>,
+        exp: i64,
+        now: i64,
+    ) -> Result<i64, LedgerError> {
+        let issued_at = issued_at.map_or_else(|| "-".to_owned(), |iat| clamp(iat).to_string());
+        let (key, blocker) = (store_key(key), blocker.map(store_key));
+        let (script, key, blocker, issued_at) = (&self.consume, &key, &blocker, &issued_at);
+        self.run(|mut primary| async move {
+            let mut invocation = script.key(EPOCH_KEY);
+            invocation.key(EPOCH_SERVER_KEY).key(key);
+            if let Some(blocker) = blocker {
+                invocation.key(blocker);
+            }
+            invocation
+                .arg(clamp(now))
+                .arg(&*primary.server)
+                .arg(primary.keeps_writes_arg())
+                .arg(issued_at)
+                .arg(clamp(exp))
+                .invoke_async(&mut primary.connection)
+                .await
+        })
+        .await
+    }
+
     fn unreachable(&self, why: &str) {
         if self.reachable.swap(false, Ordering::Relaxed) {
             warn!(
@@ -305,29 +339,33 @@ impl ReplayLedger for RedisLedger {
         exp: i64,
         now: i64,
     ) -> LedgerFuture<'a, Result<(), LedgerError>> {
-        let issued_at = issued_at.map_or_else(|| "-".to_owned(), |iat| clamp(iat).to_string());
-        let (script, key) = (&self.consume, store_key(key));
         Box::pin(async move {
-            let (key, issued_at) = (&key, &issued_at);
-            let status: i64 = self
-                .run(|mut primary| async move {
-                    script
-                        .key(EPOCH_KEY)
-                        .key(EPOCH_SERVER_KEY)
-                        .key(key)
-                        .arg(clamp(now))
-                        .arg(&*primary.server)
-                        .arg(primary.keeps_writes_arg())
-                        .arg(issued_at)
-                        .arg(clamp(exp))
-                        .invoke_async(&mut primary.connection)
-                        .await
-                })
-                .await?;
-            match status {
+            match self.run_consume(key, None, issued_at, exp, now).await? {
                 0 => Ok(()),
                 1 => Err(LedgerError::Replayed),
                 2 => Err(LedgerError::Stale),
+                _ => Err(LedgerError::Unavailable),
+            }
+        })
+    }
+
+    fn consume_unless<'a>(
+        &'a self,
+        key: &'a str,
+        blocker: &'a str,
+        issued_at: Option<i64>,
+        exp: i64,
+        now: i64,
+    ) -> LedgerFuture<'a, Result<Consumed, LedgerError>> {
+        Box::pin(async move {
+            match self
+                .run_consume(key, Some(blocker), issued_at, exp, now)
+                .await?
+            {
+                0 => Ok(Consumed::Yes),
+                1 => Err(LedgerError::Replayed),
+                2 => Err(LedgerError::Stale),
+                3 => Ok(Consumed::Blocked),
                 _ => Err(LedgerError::Unavailable),
             }
         })
