@@ -19,6 +19,7 @@
 #   DURATION=10 CONCURRENCY=32   passed to both halves (run.sh reads the same names)
 #   SERVER_CORES=0 LOAD_CORES=1  taskset core lists for the servers and the load
 #   PEER_PORT=3999               loopback port of the peer
+#   PEER_MAX_RATE=5000           tokens/s to pre-sign peer assertions for
 #   VERIFY_CEILING_US=75         one ES256 verify, for the introspection ceiling
 #   BATON_LOAD=path              a prebuilt load generator (skips the cargo build)
 #   CARGO_TARGET_DIR             where cargo builds (default: <repo>/target)
@@ -76,6 +77,7 @@ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/clien
 
 # (3) The peer on the server core, production mode, logging nothing per request.
 echo "== starting the peer on core(s) $SERVER_CORES, port $PEER_PORT" >&2
+: >"$work/peer-server.log" # exists before the background job opens it, for the polls below
 PEER_PORT="$PEER_PORT" PEER_CLIENT_KEY="$work/client.pem" NODE_ENV=production \
   taskset -c "$SERVER_CORES" node "$here/peer/provider.mjs" >"$work/peer-server.log" 2>&1 &
 peer_pid=$!
@@ -102,8 +104,15 @@ fi
 peer_args=(peer --token-url "http://127.0.0.1:$PEER_PORT/token" --client-id baton-bench
   --key "$work/client.pem" --resource https://payments.example
   --concurrency "$CONCURRENCY" --duration "$DURATION")
-if "$BATON_LOAD" peer --help 2>/dev/null | grep -q -- '--insecure-http'; then
+peer_help="$("$BATON_LOAD" peer --help 2>/dev/null || true)"
+if grep -q -- '--insecure-http' <<<"$peer_help"; then
   peer_args+=(--insecure-http)
+fi
+# A calibration against a cold (not yet JIT-compiled) peer underestimates its warm
+# rate, and running out of assertions would shorten the window: size the supply for
+# PEER_MAX_RATE (far above what one Node.js core mints) over warm-up and window.
+if grep -q -- '--assertions' <<<"$peer_help"; then
+  peer_args+=(--assertions "$(((DURATION + 2) * ${PEER_MAX_RATE:-5000}))")
 fi
 echo "== measuring the peer: concurrency $CONCURRENCY, ${DURATION}s, load on core(s) $LOAD_CORES" >&2
 taskset -c "$LOAD_CORES" "$BATON_LOAD" "${peer_args[@]}" >"$work/peer.json"
@@ -118,6 +127,7 @@ if grep -q 'server_error' "$work/peer-server.log"; then
   grep 'server_error' "$work/peer-server.log" >&2
 fi
 
+status=0
 # (6) Baton, by its own pinned script (same DURATION, CONCURRENCY, SERVER_CORES).
 if [[ -f "$here/run.sh" ]]; then
   echo "== measuring Baton (infra/bench/run.sh)" >&2
@@ -125,10 +135,11 @@ if [[ -f "$here/run.sh" ]]; then
 else
   echo "compare.sh: infra/bench/run.sh is missing; only the peer was measured" >&2
   : >"$work/baton.out"
+  status=1
 fi
 
 # (7) The ratios.
-python3 - "$work/peer.json" "$work/baton.out" "$VERIFY_CEILING_US" <<'PY'
+if ! python3 - "$work/peer.json" "$work/baton.out" "$VERIFY_CEILING_US" <<'PY'
 import json
 import sys
 
@@ -242,7 +253,7 @@ rows = [
     ("peer (oidc-provider) tokens", peer, peer_rate, None, None, None),
     ("Baton assertion tokens", baton.get("assertion"), tokens_per_s(baton.get("assertion")), peer_rate, 5.0, "× peer"),
     ("Baton mTLS tokens", baton.get("mtls"), tokens_per_s(baton.get("mtls")), peer_rate, 10.0, "× peer"),
-    (f"Baton batch tokens (count={batch_size(baton.get('batch', {}))})", baton.get("batch"),
+    (f"Baton batch tokens (count={batch_size(baton['batch']) if 'batch' in baton else '?'})", baton.get("batch"),
      tokens_per_s(baton.get("batch")), peer_rate, None, "× peer"),
     ("Baton introspection", baton.get("introspect"), introspect_rate, ceiling, None,
      f"of the ceiling 1/({verify_us:g} µs) = {ceiling:,.0f}/s"),
@@ -279,8 +290,15 @@ summary.update({
     "introspect_of_sdk_verify": ratio(introspect_rate, verify_rate),
 })
 print(json.dumps(summary))
+for name, line in [("peer", peer)] + sorted(baton.items()):
+    if line is not None and line.get("exhausted") is True:
+        print(f"compare.sh: the {name} run used up its pre-generated inputs: its window was "
+              f"{line.get('duration_s', '?')} s, not the full duration", file=sys.stderr)
 if peer is None or error_count(peer) > 0 or (peer_rate or 0) <= 0:
     print("compare.sh: the peer run has no successful requests or has errors; see the raw JSON", file=sys.stderr)
+    sys.exit(1)
 PY
+then status=1; fi
 
 echo "raw outputs: $work" >&2
+exit "$status"
