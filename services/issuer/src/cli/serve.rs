@@ -370,9 +370,11 @@ async fn signals(
         mut hup,
     } = handlers;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
+    let mut metrics_upkeep = tokio::time::interval(Duration::from_secs(5));
     let mut key_ticks = tokio::time::interval(keys.tick_interval());
     loop {
         tokio::select! {
+            _ = metrics_upkeep.tick() => state.metrics_upkeep(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {

@@ -167,6 +167,14 @@ impl Issuer {
             .store(Arc::new(Published::new(&self.issuer, keyring)));
     }
 
+    /// Folds the latency samples recorded since the last call into their histogram
+    /// buckets. The recorder keeps every sample until then (scraping `/metrics` does
+    /// it too), so an issuer nobody scrapes must call this every few seconds or its
+    /// memory grows with every request.
+    pub fn metrics_upkeep(&self) {
+        self.metrics.run_upkeep();
+    }
+
     /// Forgets idle callers' rate-limit state; call periodically.
     pub fn housekeeping(&self) {
         self.limiter.forget_idle();
