@@ -236,12 +236,17 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
             stop_rx.clone(),
         ),
     );
-    let https = axum_server::from_tcp_rustls(
-        listener,
+    // TCP_NODELAY: after a TLS 1.3 handshake rustls writes its session tickets, and
+    // with Nagle on the first response then waits for the client's delayed ACK of them
+    // (~40 ms on Linux): a stall on every fresh connection, an SDK's cold start included.
+    let tls = axum_server::tls_rustls::RustlsAcceptor::new(
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
-    )?
-    .handle(handle.clone())
-    .serve(app.clone().into_make_service());
+    )
+    .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let https = axum_server::from_tcp(listener)?
+        .acceptor(tls)
+        .handle(handle.clone())
+        .serve(app.clone().into_make_service());
 
     // Before either listener serves. Tokens carry whole-second `iat`s and introspection
     // accepts only those after the ledger's start second: wait that second out, so this
@@ -256,6 +261,10 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {addr}"))?;
             http_addr = Some(l.local_addr()?);
             let mut stop = stop_rx.clone();
+            // As on the HTTPS listener: no Nagle delay on small responses.
+            let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             Some(tokio::spawn(async move {
                 axum::serve(l, app)
                     .with_graceful_shutdown(async move {
