@@ -297,8 +297,13 @@ impl Drop for Server {
     }
 }
 
-/// DER blocks of a PEM file, in order.
+/// DER blocks of a PEM file, in order; panics on bad base64 (test fixtures).
 pub fn pem_blocks(pem: &str) -> Vec<Vec<u8>> {
+    try_pem_blocks(pem).unwrap_or_else(|e| panic!("bad PEM: {e}"))
+}
+
+/// DER blocks of a PEM document, in order, or the base64 error of the first bad one.
+pub fn try_pem_blocks(pem: &str) -> Result<Vec<Vec<u8>>, base64::DecodeError> {
     use base64::Engine as _;
     let mut out = Vec::new();
     let mut body = String::new();
@@ -309,16 +314,12 @@ pub fn pem_blocks(pem: &str) -> Vec<Vec<u8>> {
             body.clear();
         } else if line.starts_with("-----END") {
             inside = false;
-            out.push(
-                base64::engine::general_purpose::STANDARD
-                    .decode(&body)
-                    .unwrap_or_else(|e| panic!("bad PEM: {e}")),
-            );
+            out.push(base64::engine::general_purpose::STANDARD.decode(&body)?);
         } else if inside {
             body.push_str(line.trim());
         }
     }
-    out
+    Ok(out)
 }
 
 /// An HTTPS client that trusts `bundle_pem` and, when given, presents `identity`

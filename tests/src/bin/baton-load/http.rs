@@ -38,26 +38,7 @@ impl Connections {
 
 /// DER blocks of a PEM document, in order.
 pub(crate) fn pem_blocks(pem: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    use base64::Engine as _;
-    let mut out = Vec::new();
-    let mut body = String::new();
-    let mut inside = false;
-    for line in pem.lines() {
-        if line.starts_with("-----BEGIN") {
-            inside = true;
-            body.clear();
-        } else if line.starts_with("-----END") {
-            inside = false;
-            out.push(
-                base64::engine::general_purpose::STANDARD
-                    .decode(&body)
-                    .context("bad base64 in PEM")?,
-            );
-        } else if inside {
-            body.push_str(line.trim());
-        }
-    }
-    Ok(out)
+    baton_tests::try_pem_blocks(pem).context("bad base64 in PEM")
 }
 
 /// A rustls configuration (ring) trusting `bundle_pem` (or nothing, for plain-HTTP
