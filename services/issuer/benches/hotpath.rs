@@ -450,7 +450,7 @@ impl Setup {
             .unwrap();
         let key = Arc::clone(self.state.published().keyring().active());
         let sid = mint::new_session_id().unwrap();
-        let method = AuthMethod::PrivateKeyJwt.as_str();
+        let method = AuthMethod::PrivateKeyJwt;
         let spec = TokenSpec {
             issuer: ISSUER,
             caller: &self.caller,
@@ -462,10 +462,8 @@ impl Setup {
         };
         let start = Instant::now();
         let minted = mint::mint(&key, &spec, self.now).unwrap();
-        metrics::histogram!(m::MINT_DURATION).record(start.elapsed().as_secs_f64());
-        metrics::counter!(m::TOKENS_ISSUED, "alg" => key.alg().as_str(), "method" => method)
-            .increment(1);
-        audit::issued(&spec, &minted.jti, minted.exp, method, grant.rule);
+        m::token_minted(key.alg(), method, start.elapsed());
+        audit::issued(&spec, &minted.jti, minted.exp, method.as_str(), grant.rule);
         minted.token
     }
 

@@ -2,8 +2,17 @@
 //! the `/metrics` handler. Metric names live here, once.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
+use axum::http::StatusCode;
+use baton_proto::claims::JwsAlgorithm;
+use baton_proto::metadata::{
+    INTROSPECT_PATH, JWKS_PATH, METADATA_PATH, REVOKE_PATH, SVID_PATH, TOKEN_PATH,
+};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::attest::AuthMethod;
 
 /// Access tokens minted. Labels: `alg`, `method` (`tls_client_auth` | `private_key_jwt`).
 pub const TOKENS_ISSUED: &str = "baton_tokens_issued_total";
@@ -71,6 +80,111 @@ const BUCKETS: &[f64] = &[
     1.0,
 ];
 
+/// Every value of the HTTP metrics' `route` label: the API's routes, then `other` (a
+/// matched route not listed here) and `unmatched` (no route: 404). Static strings keep
+/// the label's values bounded whatever the path.
+const ROUTES: [&str; 11] = [
+    TOKEN_PATH,
+    SVID_PATH,
+    INTROSPECT_PATH,
+    REVOKE_PATH,
+    JWKS_PATH,
+    METADATA_PATH,
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "other",
+    "unmatched",
+];
+const OTHER_ROUTE: usize = ROUTES.len() - 2;
+const UNMATCHED_ROUTE: usize = ROUTES.len() - 1;
+
+/// A request's `route` label: its matched route (`None`: no route matched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route(usize);
+
+impl Route {
+    /// The label of the route `matched` (axum's `MatchedPath`).
+    pub fn of(matched: Option<&str>) -> Self {
+        Self(match matched {
+            Some(path) => ROUTES[..OTHER_ROUTE]
+                .iter()
+                .position(|r| *r == path)
+                .unwrap_or(OTHER_ROUTE),
+            None => UNMATCHED_ROUTE,
+        })
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        ROUTES[self.0]
+    }
+}
+
+/// Handles of the metrics recorded on every request and every token, registered once
+/// with the recorder: the hot path then skips the registry lookup (hashing the name
+/// and labels, locking a shard) and the `status` label's allocation.
+struct HotPath {
+    /// `HTTP_DURATION` by route.
+    http_duration: [Histogram; ROUTES.len()],
+    /// `HTTP_REQUESTS` with status 200, by route; other statuses are looked up.
+    http_ok: [Counter; ROUTES.len()],
+    mint_duration: Histogram,
+    /// `TOKENS_ISSUED` by algorithm, then method.
+    issued: [[Counter; 2]; 2],
+}
+
+static HOT_PATH: OnceLock<HotPath> = OnceLock::new();
+
+impl HotPath {
+    fn register() -> Self {
+        let issued = |alg: JwsAlgorithm| {
+            [AuthMethod::Mtls, AuthMethod::PrivateKeyJwt].map(
+                |m| metrics::counter!(TOKENS_ISSUED, "alg" => alg.as_str(), "method" => m.as_str()),
+            )
+        };
+        Self {
+            http_duration: ROUTES.map(|r| metrics::histogram!(HTTP_DURATION, "route" => r)),
+            http_ok: ROUTES
+                .map(|r| metrics::counter!(HTTP_REQUESTS, "route" => r, "status" => "200")),
+            mint_duration: metrics::histogram!(MINT_DURATION),
+            issued: [issued(JwsAlgorithm::Es256), issued(JwsAlgorithm::EdDsa)],
+        }
+    }
+}
+
+/// Records one answered HTTP request.
+pub fn http_request(route: Route, status: StatusCode, took: Duration) {
+    let Some(hot) = HOT_PATH.get() else {
+        return; // no recorder installed: metrics are off
+    };
+    hot.http_duration[route.0].record(took.as_secs_f64());
+    if status == StatusCode::OK {
+        hot.http_ok[route.0].increment(1);
+    } else {
+        metrics::counter!(HTTP_REQUESTS, "route" => route.as_str(), "status" => status.as_str().to_owned())
+            .increment(1);
+    }
+}
+
+/// Records one minted token: signed with `alg`, for a caller attested by `method`,
+/// in `took`.
+pub fn token_minted(alg: JwsAlgorithm, method: AuthMethod, took: Duration) {
+    let Some(hot) = HOT_PATH.get() else {
+        return;
+    };
+    hot.mint_duration.record(took.as_secs_f64());
+    let alg = match alg {
+        JwsAlgorithm::Es256 => 0,
+        JwsAlgorithm::EdDsa => 1,
+    };
+    let method = match method {
+        AuthMethod::Mtls => 0,
+        AuthMethod::PrivateKeyJwt => 1,
+    };
+    hot.issued[alg][method].increment(1);
+}
+
 /// Installs the process-wide recorder once and returns its handle.
 pub fn handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -88,6 +202,8 @@ pub fn handle() -> PrometheusHandle {
             // Another recorder may already be installed (e.g. by an embedding
             // program); then this handle renders an empty page rather than failing.
             let _ = metrics::set_global_recorder(recorder);
+            // After the recorder, or the handles would record into nothing.
+            let _ = HOT_PATH.set(HotPath::register());
             handle
         })
         .clone()

@@ -6,6 +6,7 @@
 //! signature comes from the ring key pair the keyring parsed at load time (a JOSE
 //! library's `encode` would re-parse the PKCS#8 key on every call).
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -217,12 +218,48 @@ pub fn new_session_id() -> Result<String, MintError> {
     random_id()
 }
 
+/// 128 random bits, base64url, from this thread's [`IdPool`].
 fn random_id() -> Result<String, MintError> {
-    let mut bytes = [0u8; ID_BYTES];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| MintError::Random)?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
+    thread_local! {
+        static POOL: RefCell<IdPool> = const { RefCell::new(IdPool::EMPTY) };
+    }
+    POOL.with_borrow_mut(IdPool::take)
+        .map(|bytes| URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Random ids drawn from the operating system's generator a pool at a time: every
+/// token needs a `jti` and every request a `sid`, and one `getrandom` call per id was
+/// a system call per id on the mint path. The bytes are the kernel's CSPRNG output
+/// unchanged; an id's bytes are wiped from the pool as it is handed out, so the pool
+/// only ever holds ids not yet issued.
+struct IdPool {
+    bytes: [u8; ID_BYTES * IdPool::IDS],
+    /// Bytes already handed out (and wiped), from the start.
+    taken: usize,
+}
+
+impl IdPool {
+    /// Ids per `getrandom` call.
+    const IDS: usize = 32;
+    const EMPTY: Self = Self {
+        bytes: [0; ID_BYTES * Self::IDS],
+        taken: ID_BYTES * Self::IDS,
+    };
+
+    fn take(&mut self) -> Result<[u8; ID_BYTES], MintError> {
+        if self.taken == self.bytes.len() {
+            SystemRandom::new()
+                .fill(&mut self.bytes)
+                .map_err(|_| MintError::Random)?;
+            self.taken = 0;
+        }
+        let slot = &mut self.bytes[self.taken..self.taken + ID_BYTES];
+        let mut id = [0u8; ID_BYTES];
+        id.copy_from_slice(slot);
+        slot.fill(0);
+        self.taken += ID_BYTES;
+        Ok(id)
+    }
 }
 
 #[cfg(test)]
@@ -427,6 +464,25 @@ mod tests {
             let sid = new_session_id().unwrap();
             assert!(sid.len() >= 22 && b64url(&sid));
             assert!(sids.insert(sid));
+        }
+    }
+
+    #[test]
+    fn the_id_pool_hands_out_each_id_once_and_keeps_none_it_handed_out() {
+        let mut pool = IdPool::EMPTY;
+        let mut seen = HashSet::new();
+        // Across several refills of the pool.
+        for n in 0..IdPool::IDS * 3 + 5 {
+            let id = pool.take().unwrap();
+            assert_ne!(
+                id, [0u8; ID_BYTES],
+                "id {n} is all zeros: the pool was not filled"
+            );
+            assert!(seen.insert(id), "id {n} handed out twice");
+            assert!(
+                pool.bytes[..pool.taken].iter().all(|b| *b == 0),
+                "a handed-out id stayed in the pool"
+            );
         }
     }
 

@@ -212,8 +212,7 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::not_found() })
         .with_state(Arc::clone(&state))
-        .layer(middleware::from_fn_with_state(state, fail_closed))
-        .layer(middleware::from_fn(record_request))
+        .layer(middleware::from_fn_with_state(state, front))
         .layer(DefaultBodyLimit::max(form::MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -221,14 +220,30 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
         ))
 }
 
+/// Records every request's route, status and latency, and fails closed while the
+/// distributed store is unreachable. One middleware for both: each `from_fn` layer
+/// boxes the request's future once more.
+async fn front(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = m::Route::of(
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let start = Instant::now();
+    let response = if state.store_is_up() {
+        next.run(req).await
+    } else {
+        store_down(req, next).await
+    };
+    m::http_request(route, response.status(), start.elapsed());
+    response
+}
+
 /// With the distributed store unreachable, no one-time id can be checked or recorded:
 /// the endpoints that need the store answer 503 `temporarily_unavailable` with
 /// `Retry-After` before doing anything, and `/readyz` says why. JWKS, metadata,
 /// liveness and metrics keep answering from memory.
-async fn fail_closed(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.store_is_up() {
-        return next.run(req).await;
-    }
+async fn store_down(req: Request, next: Next) -> Response {
     match req.uri().path() {
         TOKEN_PATH | INTROSPECT_PATH | REVOKE_PATH | SVID_PATH => {
             metrics::counter!(m::STORE_REFUSALS).increment(1);
@@ -241,31 +256,6 @@ async fn fail_closed(State(state): State<AppState>, req: Request, next: Next) ->
             .into_response(),
         _ => next.run(req).await,
     }
-}
-
-async fn record_request(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| match p.as_str() {
-            // Static strings keep label values bounded whatever the path.
-            TOKEN_PATH => TOKEN_PATH,
-            SVID_PATH => SVID_PATH,
-            INTROSPECT_PATH => INTROSPECT_PATH,
-            REVOKE_PATH => REVOKE_PATH,
-            JWKS_PATH => JWKS_PATH,
-            METADATA_PATH => METADATA_PATH,
-            "/healthz" => "/healthz",
-            "/readyz" => "/readyz",
-            "/metrics" => "/metrics",
-            _ => "other",
-        });
-    let start = Instant::now();
-    let response = next.run(req).await.into_response();
-    metrics::histogram!(m::HTTP_DURATION, "route" => route).record(start.elapsed().as_secs_f64());
-    metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => response.status().as_str().to_owned())
-        .increment(1);
-    response
 }
 
 #[cfg(test)]

@@ -116,9 +116,7 @@ async fn issue(
             tracing::error!(error = %e, "minting failed");
             with_caller(ApiError::internal())
         })?;
-        metrics::histogram!(m::MINT_DURATION).record(start.elapsed().as_secs_f64());
-        metrics::counter!(m::TOKENS_ISSUED, "alg" => key.alg().as_str(), "method" => method)
-            .increment(1);
+        m::token_minted(key.alg(), caller.method, start.elapsed());
         audit::issued(&spec, &minted.jti, minted.exp, method, grant.rule);
         tokens.push(minted.token);
     }
