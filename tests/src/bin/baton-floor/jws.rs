@@ -143,11 +143,12 @@ impl Minter {
         let public = key.public_key().as_ref().to_vec();
         // The issuer's kid is the RFC 7638 thumbprint: 43 base64url characters, as here.
         let kid = URL_SAFE_NO_PAD.encode(digest(&SHA256, &public));
-        let header = serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": kid});
+        // The issuer's header, in its wire order (RFC 9068 §2.1).
+        let header = format!(r#"{{"alg":"ES256","typ":"at+jwt","kid":"{kid}"}}"#);
         Ok(Self {
             key,
             public_key: UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, public),
-            header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
+            header_b64: URL_SAFE_NO_PAD.encode(header),
             issuer: issuer.to_owned(),
             subject: subject.to_owned(),
             rng,
