@@ -9,6 +9,8 @@
 # ES256 JWT access tokens by resource indicator) pinned to SERVER_CORES and check it
 # with check.mjs; measure it with `baton-load peer` pinned to LOAD_CORES; stop it; run
 # Baton's own pinned script infra/bench/run.sh with the same settings; print the ratios.
+# When run.sh also measured its HTTP floor (baton-floor; lines tagged "server":"floor"),
+# the summary adds Baton ÷ floor for each HTTP mode.
 #
 # Goals on one server core: Baton assertion mode ≥ 5× the peer, mTLS mode ≥ 10×.
 # The peer cannot introspect its own JWT access tokens, so Baton's introspection is
@@ -67,7 +69,8 @@ fi
 # The load generator measures both halves, so build it before the peer runs.
 if [[ -z "${BATON_LOAD:-}" ]]; then
   echo "== building baton and baton-load (release)" >&2
-  cargo build --release --locked -p baton-issuer -p baton-tests --bin baton --bin baton-load
+  cargo build --release --locked -p baton-issuer -p baton-tests --bin baton --bin baton-load \
+    --bin baton-floor
   BATON_LOAD="${CARGO_TARGET_DIR:-$root/target}/release/baton-load"
 fi
 [[ -x "$BATON_LOAD" ]] || { echo "compare.sh: no load generator at $BATON_LOAD" >&2; exit 1; }
@@ -213,10 +216,12 @@ def classify(line):
 
 peer = (json_lines(peer_path) or [None])[-1]
 baton = {}
+# run.sh's HTTP floor (baton-floor): the same modes, told apart by "server":"floor".
+floor = {}
 for line in json_lines(baton_path):
     kind = classify(line)
     if kind is not None:
-        baton[kind] = line  # the last line of a kind wins
+        (floor if line.get("server") == "floor" else baton)[kind] = line  # the last line of a kind wins
 
 peer_rate = tokens_per_s(peer)
 ceiling = 1e6 / verify_us
@@ -277,6 +282,36 @@ if verify_rate is not None:
           f"{fmt_ratio(r):>8}  of one-core SDK verifies")
 print("(the peer cannot introspect its own JWT access tokens: introspection is compared with the ceiling)")
 
+# Baton ÷ its HTTP floor (same run, same server cores): Baton's own cost on top of the
+# kernel, HTTP and TLS. Introspection counts one token per request.
+floor_modes = [
+    ("assertion", "token assertion"),
+    ("mtls", "token mtls"),
+    ("batch", "token assertion x64"),
+    ("introspect", "introspect"),
+]
+
+
+def rate_of(kind, line):
+    if line is None:
+        return None
+    return num(line.get("throughput_per_s")) if kind == "introspect" else tokens_per_s(line)
+
+
+floor_ratios = {}
+if floor:
+    print()
+    print("Baton ÷ its HTTP floor (baton-floor: the same stack doing only the unavoidable crypto)")
+    header = f"{'mode':<38} {'Baton':>11} {'floor':>11} {'errors':>6} {'ratio':>8}"
+    print(header)
+    print("-" * len(header))
+    for kind, name in floor_modes:
+        b, f = rate_of(kind, baton.get(kind)), rate_of(kind, floor.get(kind))
+        r = ratio(b, f)
+        floor_ratios[kind] = r
+        errors = "n/a" if kind not in floor else str(error_count(floor[kind]))
+        print(f"{name:<38} {fmt(b):>11} {fmt(f):>11} {errors:>6} {fmt_ratio(r):>8}")
+
 summary.update({
     "peer_tokens_per_s": peer_rate,
     "assertion_tokens_per_s": tokens_per_s(baton.get("assertion")),
@@ -289,8 +324,12 @@ summary.update({
     "introspect_of_ceiling": ratio(introspect_rate, ceiling),
     "introspect_of_sdk_verify": ratio(introspect_rate, verify_rate),
 })
+if floor:
+    summary.update({f"floor_{kind}_per_s": rate_of(kind, floor.get(kind)) for kind, _ in floor_modes})
+    summary.update({f"{kind}_of_floor": floor_ratios.get(kind) for kind, _ in floor_modes})
 print(json.dumps(summary))
-for name, line in [("peer", peer)] + sorted(baton.items()):
+for name, line in ([("peer", peer)] + sorted(baton.items())
+                   + [(f"floor {k}", v) for k, v in sorted(floor.items())]):
     if line is not None and line.get("exhausted") is True:
         print(f"compare.sh: the {name} run used up its pre-generated inputs: its window was "
               f"{line.get('duration_s', '?')} s, not the full duration", file=sys.stderr)
