@@ -19,6 +19,7 @@
 #
 # Environment (all optional):
 #   DURATION=10 CONCURRENCY=32   passed to both halves (run.sh reads the same names)
+#   SPIN=0                       1: the load generator keeps its cores busy (--spin), both halves
 #   SERVER_CORES=0 LOAD_CORES=1  taskset core lists for the servers and the load
 #   PEER_PORT=3999               loopback port of the peer
 #   PEER_MAX_RATE=5000           tokens/s to pre-sign peer assertions for
@@ -38,7 +39,8 @@ SERVER_CORES="${SERVER_CORES:-0}"
 LOAD_CORES="${LOAD_CORES:-1}"
 PEER_PORT="${PEER_PORT:-3999}"
 VERIFY_CEILING_US="${VERIFY_CEILING_US:-75}"
-export DURATION CONCURRENCY SERVER_CORES LOAD_CORES
+SPIN="${SPIN:-0}"
+export DURATION CONCURRENCY SERVER_CORES LOAD_CORES SPIN
 
 for tool in node npm openssl taskset python3; do
   command -v "$tool" >/dev/null || { echo "compare.sh: $tool is required" >&2; exit 1; }
@@ -114,6 +116,10 @@ fi
 # A calibration against a cold (not yet JIT-compiled) peer underestimates its warm
 # rate, and running out of assertions would shorten the window: size the supply for
 # PEER_MAX_RATE (far above what one Node.js core mints) over warm-up and window.
+# SPIN=1: the same busy load generator for the peer as run.sh gives Baton and the floor.
+if [[ $SPIN == 1 ]]; then
+  peer_args+=(--spin)
+fi
 if grep -q -- '--assertions' <<<"$peer_help"; then
   peer_args+=(--assertions "$(((DURATION + 2) * ${PEER_MAX_RATE:-5000}))")
 fi

@@ -21,7 +21,9 @@
 # verify loop; default one per load core: verification is pure CPU, and more threads
 # than cores only adds preemption to its latencies), CARGO_TARGET_DIR (as cargo uses it),
 # RUST_LOG (the issuer's log filter; default info, audit events included, as in
-# production; they go to a file in the scratch directory), FLOOR (0: skip the floor).
+# production; they go to a file in the scratch directory), FLOOR (0: skip the floor),
+# SPIN (1: `baton-load --spin`, the load keeps its cores busy so that no answer has to
+# wake a sleeping client; see BENCHMARKS.md, "What loopback costs on a VM").
 #
 # The issuer runs with its per-caller rate limit lifted (the benchmark measures the
 # service, not the limiter) and token_ttl 300 s (tokens minted before a run must
@@ -110,7 +112,13 @@ echo "issuer $issuer on cores $SERVER_CORES; load on cores $LOAD_CORES;" \
 orders=(--cert "$work/orders/svid.pem" --key "$work/orders/svid.key")
 payments=(--cert "$work/payments/svid.pem" --key "$work/payments/svid.key")
 callers=(--caller-cert "$work/orders/svid.pem" --caller-key "$work/orders/svid.key")
-load() { taskset -c "$LOAD_CORES" "$bin/baton-load" "$@" --duration "$DURATION" --warmup "$WARMUP"; }
+SPIN=${SPIN:-0}
+spin=()
+if [[ $SPIN == 1 ]]; then spin=(--spin); fi
+load() {
+  taskset -c "$LOAD_CORES" "$bin/baton-load" "$@" --duration "$DURATION" --warmup "$WARMUP" \
+    "${spin[@]}"
+}
 
 # run_load NAME CONCURRENCY MODE-ARGS...: one mode's JSON line ('{}' if it failed).
 run_load() {

@@ -68,6 +68,14 @@ pub(crate) struct RunArgs {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Keep the load generator's runtime busy while HTTP requests run (a spinning task
+    /// per runtime worker), so that no answer has to wake a sleeping client. On
+    /// loopback the server's send runs the client's receive path, wake-up included, and
+    /// on a VM waking an idle vCPU costs the sending server about 10 µs of exits per
+    /// answer: a cost of the client sharing the machine, which a server with remote
+    /// clients never pays. Pin the load to its own cores when using this.
+    #[arg(long)]
+    spin: bool,
 }
 
 impl RunArgs {
@@ -85,6 +93,7 @@ impl RunArgs {
             warmup: secs("warmup", self.warmup, 0.0)?,
             duration: secs("duration", self.duration, 0.1)?,
             progress: !self.quiet,
+            spin: self.spin,
         })
     }
 }

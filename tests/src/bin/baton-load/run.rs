@@ -27,6 +27,8 @@ pub(crate) struct Plan {
     pub(crate) duration: Duration,
     /// Whether to print a progress line each second.
     pub(crate) progress: bool,
+    /// Whether to keep every runtime worker busy during an async run (`--spin`).
+    pub(crate) spin: bool,
 }
 
 impl Plan {
@@ -225,6 +227,7 @@ impl Measured {
     /// The fields every mode reports (SPEC of the load generator, issue 9).
     pub(crate) fn fields(&self, plan: &Plan, out: &mut serde_json::Map<String, Value>) {
         out.insert("concurrency".into(), json!(plan.concurrency));
+        out.insert("spin".into(), json!(plan.spin));
         out.insert("warmup_s".into(), json!(round3(plan.warmup.as_secs_f64())));
         out.insert(
             "duration_s".into(),
@@ -329,6 +332,22 @@ fn progress(plan: &Plan, start: Instant, live: Arc<Live>) -> Option<std::thread:
 
 /// Runs `op(worker)` on `plan.concurrency` Tokio tasks, each in a loop, until the plan's
 /// time is up or an operation reports [`Outcome::Exhausted`].
+/// One task per runtime worker that only yields: each worker then always has work, so
+/// it polls for I/O without blocking in `epoll_wait`, and a server's answer finds no
+/// sleeping thread to wake (see `--spin`).
+fn spin() -> Vec<tokio::task::JoinHandle<()>> {
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    (0..workers)
+        .map(|_| {
+            tokio::spawn(async {
+                loop {
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect()
+}
+
 pub(crate) async fn run_async<F, Fut>(plan: &Plan, op: F) -> anyhow::Result<Measured>
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
@@ -338,6 +357,7 @@ where
     let stop_at = start + plan.total();
     let live = Arc::new(Live::default());
     let ticker = progress(plan, start, Arc::clone(&live));
+    let spinners = if plan.spin { spin() } else { Vec::new() };
     let mut workers = Vec::with_capacity(plan.concurrency);
     for worker in 0..plan.concurrency {
         let op = op.clone();
@@ -365,6 +385,9 @@ where
             Ok(log) => logs.push(log),
             Err(e) => failure = Some(e),
         }
+    }
+    for spinner in spinners {
+        spinner.abort();
     }
     live.done.store(true, Ordering::Release);
     if let Some(ticker) = ticker {
@@ -440,6 +463,7 @@ pub(crate) fn calibration_plan(plan: &Plan, warmup: Duration, window: Duration) 
         warmup,
         duration: window,
         progress: false,
+        spin: plan.spin,
     }
 }
 
@@ -465,6 +489,7 @@ mod tests {
             warmup: Duration::from_secs(1),
             duration: Duration::from_secs(2),
             progress: false,
+            spin: false,
         };
         let at = |ms| Sample {
             end: Duration::from_millis(ms),
