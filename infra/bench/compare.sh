@@ -22,6 +22,7 @@
 #   SPIN=0                       1: the load generator keeps its cores busy (--spin), both halves
 #   SERVER_CORES=0 LOAD_CORES=1  taskset core lists for the servers and the load
 #   PEER_PORT=3999               loopback port of the peer
+#   PEER_WARMUP=6                seconds the peer runs before its window (JIT warm-up)
 #   PEER_MAX_RATE=5000           tokens/s to pre-sign peer assertions for
 #   VERIFY_CEILING_US=75         one ES256 verify, for the introspection ceiling
 #   BATON_LOAD=path              a prebuilt load generator (skips the cargo build)
@@ -106,9 +107,13 @@ fi
 
 # (4) The peer under load. Plain HTTP on loopback: pass the opt-in flag if the load
 # generator has one.
+# The peer's warm-up is longer than Baton's: Node.js compiles its hot paths as it goes,
+# and the peer's rate still climbs for about 4 s after start (measured: 640/s in the
+# first second, ~1 800/s from the fifth). A short warm-up would flatter every ratio.
+PEER_WARMUP="${PEER_WARMUP:-6}"
 peer_args=(peer --token-url "http://127.0.0.1:$PEER_PORT/token" --client-id baton-bench
   --key "$work/client.pem" --resource https://payments.example
-  --concurrency "$CONCURRENCY" --duration "$DURATION")
+  --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$PEER_WARMUP")
 peer_help="$("$BATON_LOAD" peer --help 2>/dev/null || true)"
 if grep -q -- '--insecure-http' <<<"$peer_help"; then
   peer_args+=(--insecure-http)
@@ -121,7 +126,7 @@ if [[ $SPIN == 1 ]]; then
   peer_args+=(--spin)
 fi
 if grep -q -- '--assertions' <<<"$peer_help"; then
-  peer_args+=(--assertions "$(((DURATION + 2) * ${PEER_MAX_RATE:-5000}))")
+  peer_args+=(--assertions "$(((DURATION + PEER_WARMUP + 1) * ${PEER_MAX_RATE:-5000}))")
 fi
 echo "== measuring the peer: concurrency $CONCURRENCY, ${DURATION}s, load on core(s) $LOAD_CORES" >&2
 taskset -c "$LOAD_CORES" "$BATON_LOAD" "${peer_args[@]}" >"$work/peer.json"

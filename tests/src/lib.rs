@@ -297,6 +297,20 @@ impl Drop for Server {
     }
 }
 
+/// Runs the load generator `bin` (`env!("CARGO_BIN_EXE_baton-load")`) with `args` and
+/// returns its one-line JSON report, panicking with its stderr if it failed.
+pub fn load_report(bin: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "baton-load {args:?} failed: {stderr}");
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"))
+}
+
 /// DER blocks of a PEM file, in order; panics on bad base64 (test fixtures).
 pub fn pem_blocks(pem: &str) -> Vec<Vec<u8>> {
     try_pem_blocks(pem).unwrap_or_else(|e| panic!("bad PEM: {e}"))

@@ -86,16 +86,8 @@ impl Drop for Floor {
 /// Runs `baton-load <args> <RUN>` and returns its JSON report, after checking that
 /// requests succeeded and none failed.
 fn load(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_baton-load"))
-        .args(args)
-        .args(RUN)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "baton-load {args:?} failed: {stderr}");
-    let report: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"));
+    let args = [args, RUN].concat();
+    let report = baton_tests::load_report(env!("CARGO_BIN_EXE_baton-load"), &args);
     assert!(
         report["ok"].as_u64().unwrap() > 0,
         "nothing succeeded: {report}"

@@ -33,16 +33,8 @@ const WARMUP: &[&str] = &["--warmup", "0.2"];
 /// Runs `baton-load <args> <RUN>` and returns its JSON report, after checking the
 /// fields every mode prints and that every request in the window succeeded.
 fn load(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_baton-load"))
-        .args(args)
-        .args(RUN)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "baton-load {args:?} failed: {stderr}");
-    let report: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"));
+    let args = [args, RUN].concat();
+    let report = baton_tests::load_report(env!("CARGO_BIN_EXE_baton-load"), &args);
     for field in [
         "mode",
         "concurrency",
