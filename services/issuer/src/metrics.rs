@@ -208,3 +208,53 @@ pub fn handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_stay_within_the_fixed_set() {
+        assert_eq!(Route::of(Some(TOKEN_PATH)).as_str(), TOKEN_PATH);
+        assert_eq!(Route::of(Some("/metrics")).as_str(), "/metrics");
+        // A route added to the router but not here is counted, under a bounded label.
+        assert_eq!(Route::of(Some("/v1/new")).as_str(), "other");
+        assert_eq!(Route::of(None).as_str(), "unmatched");
+    }
+
+    /// The value of the sample line `series` (name and labels, as rendered).
+    fn sample(page: &str, series: &str) -> Option<f64> {
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn registered_handles_and_looked_up_series_both_reach_the_page() {
+        let handle = handle();
+        // A route no other test's router serves, so parallel tests add nothing to it.
+        let route = Route::of(Some("/test-only"));
+        let ok = format!(r#"{HTTP_REQUESTS}{{route="other",status="200"}}"#);
+        let refused = format!(r#"{HTTP_REQUESTS}{{route="other",status="401"}}"#);
+        let before = handle.render();
+        let (ok0, refused0) = (
+            sample(&before, &ok).unwrap_or(0.0),
+            sample(&before, &refused).unwrap_or(0.0),
+        );
+        http_request(route, StatusCode::OK, Duration::from_micros(80));
+        http_request(route, StatusCode::OK, Duration::from_micros(90));
+        http_request(route, StatusCode::UNAUTHORIZED, Duration::from_micros(70));
+        let after = handle.render();
+        assert_eq!(sample(&after, &ok), Some(ok0 + 2.0), "{after}");
+        assert_eq!(sample(&after, &refused), Some(refused0 + 1.0), "{after}");
+
+        let issued = format!(r#"{TOKENS_ISSUED}{{alg="EdDSA",method="tls_client_auth"}}"#);
+        let issued0 = sample(&handle.render(), &issued).unwrap_or(0.0);
+        token_minted(
+            JwsAlgorithm::EdDsa,
+            AuthMethod::Mtls,
+            Duration::from_micros(30),
+        );
+        // Other tests may mint in parallel: at least this one was counted.
+        assert!(sample(&handle.render(), &issued).is_some_and(|n| n >= issued0 + 1.0));
+    }
+}
