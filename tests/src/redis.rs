@@ -292,10 +292,10 @@ impl RedisSentinel {
         let mut named = None;
         while Instant::now() < deadline {
             named = self.sentinel_primary();
-            if let Some(port) = named.filter(|&p| p != old_primary_port) {
-                if cli(port, &["ROLE"]).lines().next() == Some("master") {
-                    return port;
-                }
+            if let Some(port) = named.filter(|&p| p != old_primary_port)
+                && cli(port, &["ROLE"]).lines().next() == Some("master")
+            {
+                return port;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

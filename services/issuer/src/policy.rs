@@ -634,13 +634,13 @@ fn pattern(
         .as_str()
         .ok_or_else(|| wrong_type("a SPIFFE ID string", value))?;
     let pattern = IdPattern::new(s)?;
-    if let Some(td) = trust_domain {
-        if pattern.trust_domain_name() != td.as_str() {
-            return Err(RuleProblem::ForeignTrustDomain {
-                found: pattern.trust_domain_name().to_owned(),
-                expected: td.clone(),
-            });
-        }
+    if let Some(td) = trust_domain
+        && pattern.trust_domain_name() != td.as_str()
+    {
+        return Err(RuleProblem::ForeignTrustDomain {
+            found: pattern.trust_domain_name().to_owned(),
+            expected: td.clone(),
+        });
     }
     if pattern.is_reserved() {
         return Err(RuleProblem::Reserved(pattern.to_string()));
