@@ -109,7 +109,7 @@ impl<'de> Names<'de> {
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.inline[..self.len].iter().any(|n| *n == name) || self.spill.iter().any(|n| n == name)
+        self.inline[..self.len].contains(&name) || self.spill.iter().any(|n| n == name)
     }
 
     /// Records `name`; false (and the duplicate flag set) when it was seen before.
