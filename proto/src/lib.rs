@@ -9,6 +9,7 @@
 
 pub mod claims;
 pub mod error;
+pub mod json;
 pub mod jwks;
 pub mod metadata;
 pub mod requests;

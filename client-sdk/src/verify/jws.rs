@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use baton_proto::claims::{JwsAlgorithm, TOKEN_TYP};
+use baton_proto::json::{UniqueJsonError, from_slice_unique};
 use serde::Deserialize;
 
 use super::VerifyError;
@@ -104,9 +105,15 @@ impl<'a> Header<'a> {
         if json.trim_ascii_start().first() != Some(&b'{') {
             return Err(VerifyError::Malformed("the header is not a JSON object"));
         }
-        // serde refuses duplicate members, so no two readers can disagree on a header.
-        let raw: RawHeader<'a> = serde_json::from_slice(json).map_err(|_| {
-            VerifyError::Malformed("the header is not a JSON object with string members")
+        // RFC 7515 §4: member names are unique, known or not, so no two readers of
+        // the header can disagree on it (one parse: the names are checked as read).
+        let raw: RawHeader<'a> = from_slice_unique(json).map_err(|e| match e {
+            UniqueJsonError::DuplicateMember => {
+                VerifyError::Malformed("the header has a duplicate member (RFC 7515 §4)")
+            }
+            UniqueJsonError::Invalid(_) => {
+                VerifyError::Malformed("the header is not a JSON object with string members")
+            }
         })?;
         if raw.crit {
             // RFC 7515 §4.1.11: Baton understands no extension, so a critical one
@@ -190,6 +197,27 @@ mod tests {
         for kid in ["", r#","kid":"""#, r#","kid":null"#] {
             let json = format!(r#"{{"alg":"ES256","typ":"at+jwt"{kid}}}"#);
             assert_eq!(header(&json), Err(VerifyError::MissingKeyId), "{json}");
+        }
+    }
+
+    #[test]
+    fn duplicate_header_members_are_malformed_whatever_their_name() {
+        for json in [
+            r#"{"alg":"ES256","alg":"EdDSA","typ":"at+jwt","kid":"k"}"#,
+            r#"{"alg":"ES256","a\u006cg":"none","typ":"at+jwt","kid":"k"}"#,
+            r#"{"alg":"ES256","typ":"at+jwt","kid":"k","kid":"j"}"#,
+            // Members the verifier ignores must not repeat either: another reader
+            // might take the first, or the last.
+            r#"{"alg":"ES256","typ":"at+jwt","kid":"k","jku":"a","jku":"b"}"#,
+            r#"{"alg":"ES256","typ":"at+jwt","kid":"k","x":1,"x":1}"#,
+        ] {
+            assert_eq!(
+                header(json),
+                Err(VerifyError::Malformed(
+                    "the header has a duplicate member (RFC 7515 §4)"
+                )),
+                "{json}"
+            );
         }
     }
 

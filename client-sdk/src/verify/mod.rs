@@ -31,6 +31,7 @@ use baton_proto::SpiffeId;
 use baton_proto::claims::{
     AccessTokenClaims, MAX_CLOCK_LEEWAY_SECS, MAX_TOKEN_BYTES, MAX_TOKEN_TTL_SECS,
 };
+use baton_proto::json::{UniqueJsonError, from_slice_unique};
 use baton_proto::jwks::Jwks;
 use serde::Deserialize;
 
@@ -463,17 +464,29 @@ pub(crate) fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// The claims, with a missing `jti` told apart from a broken claim set.
+/// The claims, with a missing `jti` or a repeated claim told apart from a broken
+/// claim set.
 fn parse_claims(json: &[u8]) -> Result<AccessTokenClaims, VerifyError> {
-    serde_json::from_slice::<AccessTokenClaims>(json).map_err(|_| {
+    // RFC 7519 §4: claim names are unique; one parse checks them as it reads.
+    from_slice_unique::<AccessTokenClaims>(json).map_err(|e| {
+        if let UniqueJsonError::DuplicateMember = e {
+            return VerifyError::Malformed("the claims have a duplicate member (RFC 7519 §4)");
+        }
         // Only on failure, so the hot path parses once.
         #[derive(Deserialize)]
         struct Probe {
             #[serde(default)]
             jti: Option<serde::de::IgnoredAny>,
+            #[serde(default)]
+            aud: Option<serde_json::Value>,
         }
-        match serde_json::from_slice::<Probe>(json) {
-            Ok(Probe { jti: None }) => VerifyError::MissingJti,
+        match from_slice_unique::<Probe>(json) {
+            // RFC 9068 allows an array; SPEC §4 does not: one token, one callee.
+            Ok(Probe {
+                aud: Some(serde_json::Value::Array(_)),
+                ..
+            }) => VerifyError::Malformed("aud is an array; a Baton token names one audience"),
+            Ok(Probe { jti: None, .. }) => VerifyError::MissingJti,
             _ => VerifyError::Malformed("the claims are not a Baton access token's claim set"),
         }
     })
@@ -757,5 +770,67 @@ struct Refresher {
 impl Drop for Refresher {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLAIMS: &str = r#""iss":"https://baton.example.org","sub":"spiffe://example.org/fn/orders","client_id":"spiffe://example.org/fn/orders","aud":"spiffe://example.org/fn/payments","iat":1700000000,"nbf":1700000000,"exp":1700000060,"jti":"AAAA","sid":"s1""#;
+
+    fn claims(extra: &str) -> Result<AccessTokenClaims, VerifyError> {
+        parse_claims(format!("{{{extra}{CLAIMS}}}").as_bytes())
+    }
+
+    #[test]
+    fn claims_parse_once_and_refuse_any_repeated_name() {
+        assert_eq!(claims("").unwrap().jti, "AAAA");
+        assert_eq!(claims(r#""role":"x","#).unwrap().jti, "AAAA");
+        // Each repeats a claim that follows: "first one wins" and "last one wins"
+        // readers would disagree, so the token means nothing.
+        for extra in [
+            r#""aud":"spiffe://example.org/fn/ledger","#,
+            r#""sub":"spiffe://example.org/fn/ledger","#,
+            r#""exp":1,"#,
+            r#""j\u0074i":"BBBB","#,
+            r#""role":"admin","role":"user","#,
+        ] {
+            assert_eq!(
+                claims(extra),
+                Err(VerifyError::Malformed(
+                    "the claims have a duplicate member (RFC 7519 §4)"
+                )),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn broken_claims_are_told_apart_on_the_failure_path_only() {
+        let no_jti = CLAIMS.replace(r#","jti":"AAAA""#, "");
+        assert_eq!(
+            parse_claims(format!("{{{no_jti}}}").as_bytes()),
+            Err(VerifyError::MissingJti)
+        );
+        let many = CLAIMS.replace(
+            r#""aud":"spiffe://example.org/fn/payments""#,
+            r#""aud":["spiffe://example.org/fn/payments"]"#,
+        );
+        assert_eq!(
+            parse_claims(format!("{{{many}}}").as_bytes()),
+            Err(VerifyError::Malformed(
+                "aud is an array; a Baton token names one audience"
+            ))
+        );
+        for json in ["[]", r#"["AAAA"]"#, "", "{", r#"{"jti":1}"#] {
+            assert_eq!(
+                parse_claims(json.as_bytes()),
+                Err(VerifyError::Malformed(
+                    "the claims are not a Baton access token's claim set"
+                )),
+                "{json}"
+            );
+        }
     }
 }

@@ -20,6 +20,7 @@ use baton_proto::claims::{
     AccessTokenClaims, Confirmation, MAX_CLOCK_LEEWAY_SECS, MAX_TOKEN_BYTES, MAX_TOKEN_TTL_SECS,
     TOKEN_TYP,
 };
+use baton_proto::json::{UniqueJsonError, from_slice_unique};
 use serde::Deserialize;
 
 use crate::attest::MAX_JTI_BYTES;
@@ -267,11 +268,22 @@ impl Introspector {
             return Err(InactiveReason::BadSignature);
         }
 
-        let raw: RawClaims = serde_json::from_slice(&jws.payload()?).map_err(|_| {
-            InactiveReason::Malformed("the claims are not those of a Baton access token (RFC 9068)")
+        // RFC 7519 §4: claim names are unique, known or not.
+        let raw: RawClaims = from_slice_unique(&jws.payload()?).map_err(|e| match e {
+            UniqueJsonError::DuplicateMember => {
+                InactiveReason::Malformed("the claims have a duplicate member (RFC 7519 §4)")
+            }
+            UniqueJsonError::Invalid(_) => InactiveReason::Malformed(
+                "the claims are not those of a Baton access token (RFC 9068)",
+            ),
         })?;
         if raw.iss != self.issuer {
             return Err(InactiveReason::WrongIssuer);
+        }
+        // RFC 9068 §2.2: for client credentials both name the client, as every Baton
+        // token has them; the SDK refuses a token where they differ, and so does this.
+        if raw.sub != raw.client_id {
+            return Err(InactiveReason::Malformed("sub and client_id differ"));
         }
         check_times(raw.iat, raw.nbf, raw.exp, now)?;
         let jti = match raw.jti {
@@ -521,6 +533,17 @@ mod tests {
                 "{}.{}",
                 URL_SAFE_NO_PAD.encode(header.to_string()),
                 URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            let sig = self.keys.active().sign(input.as_bytes()).unwrap();
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+        }
+
+        /// A token signed by the active key over header and claims JSON as written.
+        fn sign_text(&self, header: &str, claims: &str) -> String {
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(claims)
             );
             let sig = self.keys.active().sign(input.as_bytes()).unwrap();
             format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
@@ -819,6 +842,56 @@ mod tests {
                 InactiveReason::Malformed(_)
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn duplicate_members_are_inactive_known_or_not_and_consume_nothing() {
+        let f = fixture();
+        let header = f.header().to_string();
+        let claims = f.claims().to_string();
+        // `{"a":1,…}` → `{"a":1,<extra>,…}`: the repeated member comes first, so a
+        // "last one wins" reader would see the valid value.
+        let prepend = |json: &str, extra: &str| format!("{{{extra},{}", &json[1..]);
+        for dup in [
+            format!(r#""aud":"{LEDGER_ID}""#),
+            format!(r#""sub":"{LEDGER_ID}""#),
+            r#""exp":1"#.to_owned(),
+            r#""jti":"other""#.to_owned(),
+            r#""role":"admin","role":"user""#.to_owned(),
+        ] {
+            let token = f.sign_text(&header, &prepend(&claims, &dup));
+            assert_eq!(
+                f.reason(&token).await,
+                InactiveReason::Malformed("the claims have a duplicate member (RFC 7519 §4)"),
+                "{dup}"
+            );
+        }
+        for dup in [
+            r#""alg":"none""#,
+            r#""kid":"other""#,
+            r#""typ":"JWT""#,
+            r#""x5u":"https://a.example","x5u":"https://b.example""#,
+        ] {
+            let token = f.sign_text(&prepend(&header, dup), &claims);
+            assert_eq!(
+                f.reason(&token).await,
+                InactiveReason::Malformed("the header is not a JOSE header Baton accepts"),
+                "{dup}"
+            );
+        }
+        // Nothing above used the jti up.
+        let token = f.sign_text(&header, &claims);
+        assert!(f.introspect_as(&token, PAYMENTS).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn sub_and_client_id_must_agree() {
+        let f = fixture();
+        let token = f.with_claims(|c| c["client_id"] = json!(LEDGER_ID));
+        assert_eq!(
+            f.reason(&token).await,
+            InactiveReason::Malformed("sub and client_id differ")
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use baton_proto::claims::JoseHeader;
+use baton_proto::json::{UniqueJsonError, from_slice_unique};
 use serde::Deserialize;
 
 /// Why a string is not a compact JWS Baton reads.
@@ -21,7 +22,8 @@ pub(crate) enum JwsError {
     Encoding(&'static str),
     /// The header names an algorithm other than ES256 or EdDSA (`none`, HMAC, RSA …).
     UnsupportedAlgorithm,
-    /// The header is not a JOSE header Baton accepts (not an object, `crit`, …).
+    /// The header is not a JOSE header Baton accepts (not an object, a duplicate
+    /// member, `crit`, …).
     Header,
 }
 
@@ -81,7 +83,11 @@ fn decode(segment: &str, what: &'static str) -> Result<Vec<u8>, JwsError> {
 }
 
 fn parse_header(json: &[u8]) -> Result<JoseHeader, JwsError> {
-    serde_json::from_slice::<JoseHeader>(json).map_err(|_| {
+    // RFC 7515 §4: member names are unique, known or not; checked in the one parse.
+    from_slice_unique::<JoseHeader>(json).map_err(|e| {
+        if let UniqueJsonError::DuplicateMember = e {
+            return JwsError::Header;
+        }
         // Only on failure: tell an unsupported algorithm from a broken header, for the
         // operator's metrics.
         #[derive(Deserialize)]
@@ -159,6 +165,16 @@ mod tests {
                 JwsError::Header,
             ),
             (format!("{}.e30.AA", b64("[]")), 100, JwsError::Header),
+            (
+                format!("{}.e30.AA", b64(r#"{"alg":"ES256","alg":"none"}"#)),
+                100,
+                JwsError::Header,
+            ),
+            (
+                format!("{}.e30.AA", b64(r#"{"alg":"ES256","x5u":"a","x5u":"b"}"#)),
+                100,
+                JwsError::Header,
+            ),
         ];
         for (jws, max, want) in cases {
             assert_eq!(CompactJws::parse(&jws, max).unwrap_err(), want, "{jws}");
