@@ -14,12 +14,19 @@
 //! field still fails there).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, Visitor};
 
-/// Member names remembered without allocating; longer objects spill to the heap.
+/// Member names remembered without allocating; longer objects spill into a hash set.
 pub const INLINE_NAMES: usize = 16;
+
+/// Most top-level members an object may have. A Baton header has four, a claim set
+/// thirteen; an 8 KiB token could carry a thousand, and remembering them all would
+/// cost each hostile token more than a signature check. Past this bound the input is
+/// [`UniqueJsonError::Invalid`] before more names are read.
+pub const MAX_MEMBERS: usize = 64;
 
 /// Why [`from_slice_unique`] refused its input.
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +81,14 @@ pub fn from_slice_unique<'de, T: Deserialize<'de>>(json: &'de [u8]) -> Result<T,
 struct Names<'de> {
     inline: [&'de str; INLINE_NAMES],
     len: usize,
-    /// Escaped names (unescaped copies) and names past the inline ones.
-    spill: Vec<Cow<'de, str>>,
+    /// Escaped names (unescaped copies) and names past the inline ones. std's hasher
+    /// is keyed per process, so names cannot be chosen to collide.
+    spill: HashSet<Cow<'de, str>>,
     /// One bit per name seen, from its length and end bytes: the names of a header or
     /// claim set rarely share one, so most names are new after one AND, not a scan.
     bloom: u64,
+    /// Names recorded, escaped or not.
+    count: usize,
     duplicate: bool,
 }
 
@@ -87,8 +97,9 @@ impl Default for Names<'_> {
         Self {
             inline: [""; INLINE_NAMES],
             len: 0,
-            spill: Vec::new(),
+            spill: HashSet::new(),
             bloom: 0,
+            count: 0,
             duplicate: false,
         }
     }
@@ -109,11 +120,12 @@ impl<'de> Names<'de> {
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.inline[..self.len].contains(&name) || self.spill.iter().any(|n| n == name)
+        self.inline[..self.len].contains(&name) || self.spill.contains(name)
     }
 
     /// Records `name`; false (and the duplicate flag set) when it was seen before.
     fn insert(&mut self, name: Cow<'de, str>) -> bool {
+        self.count += 1;
         let bit = Self::bit(&name);
         let maybe_seen = self.bloom & bit != 0;
         self.bloom |= bit;
@@ -126,7 +138,9 @@ impl<'de> Names<'de> {
                 self.inline[self.len] = name;
                 self.len += 1;
             }
-            name => self.spill.push(name),
+            name => {
+                self.spill.insert(name);
+            }
         }
         true
     }
@@ -297,6 +311,9 @@ struct NameVisitor<'a, 'de, V> {
 
 impl<'a, 'de, V: Visitor<'de>> NameVisitor<'a, 'de, V> {
     fn record<E: de::Error>(&mut self, name: Cow<'de, str>) -> Result<(), E> {
+        if self.names.count >= MAX_MEMBERS {
+            return Err(E::custom("too many members"));
+        }
         if self.names.insert(name) {
             Ok(())
         } else {
@@ -386,6 +403,25 @@ mod tests {
         members.push(r#""m33":0"#.to_owned());
         let json = format!("{{{}}}", members.join(","));
         assert!(matches!(two(&json), Err(UniqueJsonError::DuplicateMember)));
+    }
+
+    #[test]
+    fn objects_with_more_members_than_the_bound_are_invalid() {
+        let object = |n: usize| {
+            let mut members: Vec<String> = (1..n).map(|i| format!(r#""m{i}":{i}"#)).collect();
+            members.push(r#""a":"x""#.to_owned());
+            format!("{{{}}}", members.join(","))
+        };
+        assert_eq!(two(&object(MAX_MEMBERS)).unwrap().a, "x");
+        assert!(matches!(
+            two(&object(MAX_MEMBERS + 1)),
+            Err(UniqueJsonError::Invalid(_))
+        ));
+        // A thousand names fit in an 8 KiB token: refused, not remembered.
+        assert!(matches!(
+            two(&object(1000)),
+            Err(UniqueJsonError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -275,6 +275,14 @@ fn case(
     }
 }
 
+/// `n` distinct JSON members, `"m0":0,"m1":1,…`.
+fn many_members(n: usize) -> String {
+    (0..n)
+        .map(|i| format!(r#""m{i}":{i}"#))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn malformed(why: &'static str) -> VerifyError {
     VerifyError::Malformed(why)
 }
@@ -1029,6 +1037,20 @@ fn corpus() -> Vec<Case> {
                     r#""jku":"https://127.0.0.1:1/a","jku":"https://127.0.0.1:1/b""#,
                 )
             },
+        ),
+        // Too many members: remembering a thousand names to find a duplicate would
+        // cost more than the signature check; past 64 the object is refused unread.
+        case(
+            "header_too_many_members",
+            "200 distinct header members (each hostile token costs a verifier memory and time)",
+            Refused(m(HEADER_SHAPE), "malformed"),
+            |k, t| k.dup_header(t, &many_members(200)),
+        ),
+        case(
+            "claims_too_many_members",
+            "200 distinct claims, signed by the issuer's key",
+            Refused(m(CLAIMS), "malformed"),
+            |k, t| k.dup_claims(t, &many_members(200)),
         ),
         case(
             "dup_claim_aud_other_first",

@@ -95,7 +95,7 @@ fn parse_header(json: &[u8]) -> Result<JoseHeader, JwsError> {
             #[serde(borrow, default)]
             alg: Option<Cow<'a, str>>,
         }
-        match serde_json::from_slice::<Probe<'_>>(json) {
+        match from_slice_unique::<Probe<'_>>(json) {
             Ok(Probe { alg: Some(alg) }) if !matches!(alg.as_ref(), "ES256" | "EdDSA") => {
                 JwsError::UnsupportedAlgorithm
             }
