@@ -43,6 +43,8 @@ const DENY_LIST: &str = "denylist.json";
 /// What the CA key is sealed for (the envelope's purpose).
 pub(crate) const CA_KEY_PURPOSE: &str = "ca-key";
 const MAX_BUNDLE_BYTES: u64 = 1024 * 1024;
+/// How long taking the data directory's lock waits for another holder to let go.
+pub const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Where the key-encryption key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,8 +200,11 @@ impl DataDir {
         self.root.join(DEV_KEK)
     }
 
-    /// Locks the data directory without waiting: `None` when a holder of the other
-    /// mode (or, for [`LockMode::Exclusive`], any holder) has it.
+    /// Locks the data directory, waiting up to [`LOCK_PATIENCE`]: `None` when a holder
+    /// of the other mode (or, for [`LockMode::Exclusive`], any holder) keeps it.
+    ///
+    /// The wait also rides out a lock held a moment too long by a process forked
+    /// elsewhere in the same program (the child shares the descriptor until it execs).
     pub fn try_lock(&self, mode: LockMode) -> Result<Option<DataDirLock>, DataDirError> {
         use rustix::fs::{FlockOperation, flock};
         let dir = std::fs::File::open(&self.root).map_err(io_err(&self.root))?;
@@ -207,10 +212,16 @@ impl DataDir {
             LockMode::Shared => FlockOperation::NonBlockingLockShared,
             LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,
         };
-        match flock(&dir, operation) {
-            Ok(()) => Ok(Some(DataDirLock { _dir: dir })),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(io_err(&self.root)(e.into())),
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match flock(&dir, operation) {
+                Ok(()) => return Ok(Some(DataDirLock { _dir: dir })),
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(io_err(&self.root)(e.into())),
+            }
         }
     }
 

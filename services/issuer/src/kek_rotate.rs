@@ -44,8 +44,10 @@
 //!    index is unchanged if any key is still to change; then it sets every new envelope
 //!    (`KEEPTTL`) at once, or none. Then each staged file is renamed over its target —
 //!    in dev mode the `kek` file with them — and the target directories are fsynced.
-//! 5. **Clean up.** The journal is removed (and the directory fsynced), then the staging
-//!    directory.
+//! 5. **Clean up.** The staging directory, journal inside, is renamed to
+//!    `kek-rotation.done` (and the data directory fsynced), then removed. Renaming it
+//!    whole, rather than removing the journal first, means a staging directory without
+//!    a journal only ever is one that never committed.
 //!
 //! # Recovery, and what each crash leaves
 //!
@@ -67,7 +69,7 @@
 //! | the Redis script | Redis re-sealed, files not yet | renames | new |
 //! | some of the renames | some targets new, the rest staged | renames the rest | new |
 //! | all renames | every target new, journal left | removes the journal | new |
-//! | removing the journal | empty staging directory | removes it | new |
+//! | renaming it aside | `kek-rotation.done/` | removes it | new |
 //!
 //! A crash while the journal is being written leaves only its temporary file: no
 //! journal, so a roll back. The old KEK stops opening anything the moment a
@@ -105,6 +107,8 @@ use crate::shared::{SharedStore, SharedStoreError};
 
 /// The staging directory, relative to the data directory.
 pub const STAGING_DIR: &str = "kek-rotation";
+/// The staging directory of a finished rotation, renamed aside before it is removed.
+pub const RETIRED_DIR: &str = "kek-rotation.done";
 /// The journal (the commit marker), inside the staging directory.
 pub const JOURNAL: &str = "journal.json";
 /// `BATON_FAILPOINT=kek-rotate:<step>` makes `baton kek rotate` abort at that step
@@ -141,8 +145,9 @@ pub enum Step {
     RenamedOne,
     /// Every staged copy is in place, directories fsynced; the journal is still there.
     Renamed,
-    /// The journal is removed; the staging directory is still there.
-    JournalRemoved,
+    /// The staging directory, journal inside, is renamed aside; removing it is all
+    /// that is left.
+    Retired,
 }
 
 impl Step {
@@ -155,7 +160,7 @@ impl Step {
         Step::SharedApplied,
         Step::RenamedOne,
         Step::Renamed,
-        Step::JournalRemoved,
+        Step::Retired,
     ];
 
     /// The step's name, as `BATON_FAILPOINT=kek-rotate:<name>` gives it.
@@ -168,7 +173,7 @@ impl Step {
             Step::SharedApplied => "shared-applied",
             Step::RenamedOne => "renamed-one",
             Step::Renamed => "renamed",
-            Step::JournalRemoved => "journal-removed",
+            Step::Retired => "retired",
         }
     }
 
@@ -356,8 +361,8 @@ pub enum Recovery {
 /// Finishes or discards an interrupted rotation of `dir`, holding the data directory
 /// shared meanwhile. With `store`, a committed rotation's Redis part is finished too.
 pub fn recover(dir: &DataDir, store: Option<&SharedStore>) -> Result<Recovery, RecoveryError> {
-    // The common case costs one stat.
-    if !staging_path(dir).exists() {
+    // The common case costs two stats.
+    if !staging_path(dir).exists() && !dir.root().join(RETIRED_DIR).exists() {
         return Ok(Recovery::Nothing);
     }
     let lock = dir.try_lock(LockMode::Shared).map_err(|e| match e {
@@ -379,6 +384,27 @@ pub(crate) fn recover_locked(
     dir: &DataDir,
     store: Option<&SharedStore>,
 ) -> Result<Recovery, RecoveryError> {
+    let retired = dir.root().join(RETIRED_DIR);
+    if std::fs::symlink_metadata(&retired).is_ok() {
+        // A finished rotation whose staging directory was being removed.
+        let journal = fsio::read_bounded(&retired.join(JOURNAL), MAX_JOURNAL_BYTES)
+            .ok()
+            .and_then(|bytes| Journal::parse(&retired.join(JOURNAL), &bytes).ok());
+        remove_dir(dir, &retired)?;
+        if let Some(journal) = journal {
+            audit::kek_rotated(
+                &journal.old_kek_id,
+                &journal.new_kek_id,
+                journal.files.len(),
+                journal.shared.as_ref().map_or(0, |s| s.keys.len()),
+                true,
+            );
+            return Ok(Recovery::RolledForward {
+                new_kek_id: journal.new_kek_id,
+                shared_pending: false,
+            });
+        }
+    }
     let staging = staging_path(dir);
     match std::fs::symlink_metadata(&staging) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Recovery::Nothing),
@@ -558,16 +584,20 @@ fn staging_path(dir: &DataDir) -> PathBuf {
     dir.root().join(STAGING_DIR)
 }
 
-/// Removes the staging directory and makes that durable; tolerates another process
-/// having removed (some of) it first.
+/// Removes the staging directory and makes that durable.
 fn remove_staging(dir: &DataDir) -> Result<(), RecoveryError> {
-    let staging = staging_path(dir);
-    match std::fs::remove_dir_all(&staging) {
+    remove_dir(dir, &staging_path(dir))
+}
+
+/// Removes `path`, a directory of the data directory, durably; tolerates another
+/// process having removed (some of) it first.
+fn remove_dir(dir: &DataDir, path: &Path) -> Result<(), RecoveryError> {
+    match std::fs::remove_dir_all(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(RecoveryError::Io {
-                path: staging,
+                path: path.to_owned(),
                 source,
             });
         }
@@ -1099,18 +1129,13 @@ fn apply(
         return Ok(applied);
     }
 
-    match std::fs::remove_file(&journal_path) {
+    // Finished: the whole directory leaves at once, so that no staging directory
+    // without a journal is ever a finished one.
+    let retired = dir.root().join(RETIRED_DIR);
+    remove_dir(dir, &retired)?;
+    match std::fs::rename(&staging, &retired) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(RecoveryError::Io {
-                path: journal_path,
-                source,
-            });
-        }
-    }
-    match fsio::sync_dir(&staging) {
-        Ok(()) => {}
+        // Another recovery retired it first.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(RecoveryError::Io {
@@ -1119,8 +1144,9 @@ fn apply(
             });
         }
     }
-    on_step(Step::JournalRemoved);
-    remove_staging(dir)?;
+    fsio::sync_dir(dir.root()).map_err(io_err(dir.root()))?;
+    on_step(Step::Retired);
+    remove_dir(dir, &retired)?;
     Ok(applied)
 }
 
@@ -1210,5 +1236,633 @@ fn run_apply_script(
             url: store.url().to_owned(),
             reason: "unexpected reply from the rotation script".to_owned(),
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datadir::OpenDataDir;
+    use crate::keyring::{Home, Keyring};
+    use crate::pki;
+    use baton_proto::TrustDomain;
+    use baton_proto::claims::JwsAlgorithm;
+    use baton_proto::jwks::Jwks;
+    use std::fs;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use time::OffsetDateTime;
+
+    /// A data directory with a keyring, a copy of its KEK and a new KEK beside it.
+    #[derive(Clone)]
+    pub(super) struct Fixture {
+        pub(super) tmp: std::rc::Rc<tempfile::TempDir>,
+        pub(super) dir: DataDir,
+        pub(super) source: KekSource,
+        pub(super) old: PathBuf,
+        pub(super) new: PathBuf,
+        pub(super) jwks: Jwks,
+        /// Every sealed secret's plaintext before the rotation, by location.
+        pub(super) plain: BTreeMap<String, Vec<u8>>,
+    }
+
+    pub(super) fn kek_file(path: &Path) -> PathBuf {
+        Kek::create_file(path).unwrap();
+        path.to_owned()
+    }
+
+    impl Fixture {
+        /// Dev mode (`<data-dir>/kek`), embedded keyring.
+        pub(super) fn dev() -> Self {
+            Self::make(false, None)
+        }
+
+        /// `BATON_KEK_FILE` mode, keyring in `store` when given, else embedded.
+        pub(super) fn file(store: Option<&SharedStore>) -> Self {
+            Self::make(true, store)
+        }
+
+        fn make(file_kek: bool, store: Option<&SharedStore>) -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let old = tmp.path().join("old.kek");
+            let source = if file_kek {
+                kek_file(&old);
+                KekSource::File(old.clone())
+            } else {
+                KekSource::Dev
+            };
+            let dir = DataDir::new(tmp.path().join("d"));
+            let made = dir
+                .init(
+                    &TrustDomain::new("example.org").unwrap(),
+                    &source,
+                    pki::DEFAULT_CA_TTL,
+                    OffsetDateTime::now_utc(),
+                )
+                .unwrap()
+                .store;
+            if !file_kek {
+                fs::copy(dir.root().join(DEV_KEK), &old).unwrap();
+            }
+            let home = match store {
+                Some(store) => Home::Shared(&made, store),
+                None => Home::Files(&made),
+            };
+            let ring = Keyring::load_or_init(home, JwsAlgorithm::Es256, OffsetDateTime::now_utc())
+                .unwrap();
+            let new = kek_file(&tmp.path().join("new.kek"));
+            let mut fixture = Fixture {
+                tmp: std::rc::Rc::new(tmp),
+                dir,
+                source,
+                old,
+                new,
+                jwks: ring.jwks().clone(),
+                plain: BTreeMap::new(),
+            };
+            let old_kek = Kek::load(&fixture.old).unwrap();
+            for (location, purpose, sealed) in fixture.secrets(store) {
+                let plain = old_kek.open(Path::new(&location), &purpose, &sealed).unwrap();
+                fixture.plain.insert(location, plain.to_vec());
+            }
+            fixture
+        }
+
+        pub(super) fn root(&self) -> &Path {
+            self.dir.root()
+        }
+
+        /// The same fixture over a copy of the data directory as it is now.
+        pub(super) fn copy(&self, name: &str) -> Fixture {
+            let to = self.tmp.path().join(name);
+            let status = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(self.root())
+                .arg(&to)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            Fixture {
+                dir: DataDir::new(to),
+                ..self.clone()
+            }
+        }
+
+        /// Every sealed secret: (location, purpose, envelope).
+        pub(super) fn secrets(&self, store: Option<&SharedStore>) -> Vec<(String, String, Vec<u8>)> {
+            let mut out = vec![(
+                CA_KEY.to_owned(),
+                CA_KEY_PURPOSE.to_owned(),
+                fs::read(self.root().join(CA_KEY)).unwrap(),
+            )];
+            if let Ok(entries) = fs::read_dir(self.root().join(KEYRING_DIR)) {
+                for entry in entries.map(Result::unwrap) {
+                    let name = entry.file_name().into_string().unwrap();
+                    if let Some(kid) = name.strip_suffix(SEALED_SUFFIX) {
+                        out.push((
+                            format!("{KEYRING_DIR}/{name}"),
+                            purpose(kid),
+                            fs::read(entry.path()).unwrap(),
+                        ));
+                    }
+                }
+            }
+            if let Some(store) = store {
+                let mut conn = store.connection().unwrap();
+                let names: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}*", shared_key_name("")))
+                    .query(&mut *conn)
+                    .unwrap();
+                for name in names {
+                    let sealed: Vec<u8> = redis::cmd("GET").arg(&name).query(&mut *conn).unwrap();
+                    let kid = name.strip_prefix(&shared_key_name("")).unwrap();
+                    out.push((name.clone(), purpose(kid), sealed));
+                }
+            }
+            out
+        }
+
+        /// The rotation as `baton kek rotate` runs it.
+        pub(super) fn rotate(
+            &self,
+            store: Option<&SharedStore>,
+            on_step: &mut dyn FnMut(Step),
+        ) -> Result<Rotated, KekRotateError> {
+            rotate(&self.dir, &self.source, &self.new, store, on_step)
+        }
+
+        /// Runs the rotation and "crashes" at `step`: unwinds out of it, dropping only
+        /// what a dying process drops (the lock), as no cleanup code exists to run.
+        pub(super) fn crash_at(&self, step: Step, store: Option<&SharedStore>) {
+            let crashed = catch_unwind(AssertUnwindSafe(|| {
+                let _ = self.rotate(store, &mut |s| {
+                    if s == step {
+                        std::panic::resume_unwind(Box::new("crash"));
+                    }
+                });
+            }));
+            assert!(crashed.is_err(), "the rotation never reached {step:?}");
+        }
+
+        /// Opens the data directory through Baton's own path with `kek`, and the
+        /// keyring (files, or `store`).
+        pub(super) fn open_with(
+            &self,
+            kek: &Path,
+            store: Option<&SharedStore>,
+        ) -> Result<(OpenDataDir, Jwks), String> {
+            let data = self
+                .dir
+                .open(&KekSource::File(kek.to_owned()))
+                .map_err(|e| format!("{e:?}"))?;
+            let home = match store {
+                Some(store) => Home::Shared(&data, store),
+                None => Home::Files(&data),
+            };
+            let ring = Keyring::current(home).map_err(|e| format!("{e:?}"))?;
+            let jwks = ring.unwrap().jwks().clone();
+            Ok((data, jwks))
+        }
+
+        /// Exactly `winner` opens everything, through Baton's open path and secret by
+        /// secret; `loser` opens nothing; nothing staged remains.
+        pub(super) fn assert_settled(&self, winner: &Path, loser: &Path, store: Option<&SharedStore>) {
+            // The loser first: its open runs the recovery, which must settle the same way.
+            let refused = self.open_with(loser, store).unwrap_err();
+            assert!(refused.contains("WrongKek"), "{refused}");
+            let (_, jwks) = self.open_with(winner, store).unwrap();
+            assert_eq!(jwks, self.jwks, "the signing keys are the same keys");
+            assert!(!self.root().join(STAGING_DIR).exists(), "staging left behind");
+            let win = Kek::load(winner).unwrap();
+            let lose = Kek::load(loser).unwrap();
+            let secrets = self.secrets(store);
+            assert_eq!(secrets.len(), self.plain.len());
+            for (location, purpose, sealed) in secrets {
+                let path = Path::new(&location);
+                let plain = win
+                    .open(path, &purpose, &sealed)
+                    .unwrap_or_else(|e| panic!("{location}: {e}"));
+                assert_eq!(*plain, self.plain[&location], "{location}");
+                assert!(
+                    matches!(lose.open(path, &purpose, &sealed), Err(SealError::WrongKek { .. })),
+                    "{location} opens under the losing KEK"
+                );
+            }
+            if self.source == KekSource::Dev {
+                let dev = Kek::load(&self.root().join(DEV_KEK)).unwrap();
+                assert_eq!(dev.id(), win.id(), "the data directory's KEK");
+            }
+            let temps: Vec<_> = [self.root().to_owned(), self.root().join(KEYRING_DIR)]
+                .iter()
+                .filter_map(|d| fs::read_dir(d).ok())
+                .flatten()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.contains(".tmp-"))
+                .collect();
+            assert!(temps.is_empty(), "{temps:?}");
+        }
+
+        /// Every file of the data directory with its contents.
+        pub(super) fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+            fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+                for entry in fs::read_dir(dir).unwrap().map(Result::unwrap) {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        walk(&path, out);
+                    } else {
+                        out.insert(path.clone(), fs::read(&path).unwrap_or_default());
+                    }
+                }
+            }
+            let mut out = BTreeMap::new();
+            walk(self.root(), &mut out);
+            out
+        }
+    }
+
+    #[test]
+    fn rotation_reseals_every_secret_and_the_old_kek_opens_nothing() {
+        let f = Fixture::dev();
+        let done = f.rotate(None, &mut |_| {}).unwrap();
+        assert_eq!(done.resealed_files, 3, "the CA key and two signing keys");
+        assert_eq!(done.resealed_shared, 0);
+        assert_eq!(done.already_new, 0);
+        assert!(done.dev_kek_replaced);
+        assert!(!done.finished_interrupted);
+        assert_eq!(done.old_kek_id, Kek::load(&f.old).unwrap().id());
+        assert_eq!(done.new_kek_id, Kek::load(&f.new).unwrap().id());
+        f.assert_settled(&f.new, &f.old, None);
+        // The dev KEK in the data directory is the new one: a plain open works.
+        f.dir.open(&KekSource::Dev).unwrap();
+        let mode = fs::metadata(f.root().join(DEV_KEK)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn with_a_kek_file_the_data_directory_gets_no_kek_and_a_rerun_finds_nothing_to_do() {
+        let f = Fixture::file(None);
+        let done = f.rotate(None, &mut |_| {}).unwrap();
+        assert_eq!((done.resealed_files, done.dev_kek_replaced), (3, false));
+        assert!(!f.root().join(DEV_KEK).exists());
+        f.assert_settled(&f.new, &f.old, None);
+
+        // The operator has not switched BATON_KEK_FILE yet and runs it again.
+        let again = f.rotate(None, &mut |_| {}).unwrap();
+        assert_eq!((again.resealed_files, again.already_new), (0, 3));
+        f.assert_settled(&f.new, &f.old, None);
+        // Switched: the new KEK is the one in use.
+        let err = rotate(&f.dir, &KekSource::File(f.new.clone()), &f.new, None, &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(err, KekRotateError::SameKek { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_crash_at_any_step_leaves_exactly_one_kek_that_opens_everything() {
+        for step in Step::ALL {
+            let f = Fixture::dev();
+            let mut reached = Vec::new();
+            f.rotate(None, &mut |s| reached.push(s)).unwrap();
+            assert_eq!(reached, Step::ALL, "every step is reached, in order");
+
+            let f = Fixture::dev();
+            f.crash_at(step, None);
+            let untouched = f.copy("untouched");
+            let committed = step.is_committed();
+            let (winner, loser) = if committed {
+                (&f.new, &f.old)
+            } else {
+                (&f.old, &f.new)
+            };
+            f.assert_settled(winner, loser, None);
+            // Run again once an open settled it: done afresh, or already done.
+            match f.rotate(None, &mut |_| {}) {
+                Ok(done) if !committed => assert_eq!(done.resealed_files, 3),
+                Err(KekRotateError::SameKek { id }) if committed => {
+                    assert_eq!(id, Kek::load(&f.new).unwrap().id());
+                }
+                other => panic!("{step:?}: {other:?}"),
+            }
+            f.assert_settled(&f.new, &f.old, None);
+
+            // Run again before anything else opened it: the command finishes it itself.
+            let done = untouched.rotate(None, &mut |_| {}).unwrap();
+            assert_eq!(done.finished_interrupted, committed, "{step:?}");
+            assert_eq!(done.resealed_files, if committed { 0 } else { 3 }, "{step:?}");
+            untouched.assert_settled(&f.new, &f.old, None);
+        }
+    }
+
+    #[test]
+    fn an_unusable_or_unchanged_new_kek_changes_nothing() {
+        let f = Fixture::dev();
+        let before = f.snapshot();
+        let write = |name: &str, bytes: &[u8], mode: u32| {
+            let p = f.tmp.path().join(name);
+            fs::write(&p, bytes).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let cases = [
+            (write("open.kek", &[7u8; 32], 0o644), "KekPermissions"),
+            (write("short.kek", &[7u8; 16], 0o600), "KekFormat"),
+            (f.tmp.path().join("missing.kek"), "KekUnreadable"),
+        ];
+        for (path, want) in cases {
+            let err = rotate(&f.dir, &f.source, &path, None, &mut |_| {}).unwrap_err();
+            assert!(matches!(err, KekRotateError::NewKek(_)), "{err}");
+            assert!(format!("{err:?}").contains(want), "{err:?}");
+        }
+        let err = rotate(&f.dir, &f.source, &f.old, None, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, KekRotateError::SameKek { .. }), "{err}");
+        assert_eq!(f.snapshot(), before);
+    }
+
+    #[test]
+    fn a_secret_that_does_not_open_refuses_the_rotation_before_anything_is_written() {
+        let f = Fixture::dev();
+        let kid = f.jwks.keys[1].kid.clone();
+        let target = f.root().join(KEYRING_DIR).join(format!("{kid}{SEALED_SUFFIX}"));
+        let sealed = fs::read_to_string(&target).unwrap();
+        let mut envelope: serde_json::Value = serde_json::from_str(&sealed).unwrap();
+        let ct = envelope["ciphertext"].as_str().unwrap().to_owned();
+        let flipped = if ct.starts_with('A') { "B" } else { "A" };
+        envelope["ciphertext"] = format!("{flipped}{}", &ct[1..]).into();
+        fs::write(&target, serde_json::to_vec(&envelope).unwrap()).unwrap();
+        let before = f.snapshot();
+        let mut steps = Vec::new();
+        let err = f.rotate(None, &mut |s| steps.push(s)).unwrap_err();
+        assert!(
+            matches!(err, KekRotateError::Unopenable(SealError::Corrupt { .. })),
+            "{err:?}"
+        );
+        assert!(steps.is_empty());
+        assert_eq!(f.snapshot(), before);
+
+        // Sealed under a third KEK: named as such, and again nothing changes.
+        let third = Kek::load(&kek_file(&f.tmp.path().join("third.kek"))).unwrap();
+        third
+            .seal_to_file(&target, &purpose(&kid), b"whatever")
+            .unwrap();
+        let before = f.snapshot();
+        let err = f.rotate(None, &mut |_| {}).unwrap_err();
+        assert!(
+            matches!(err, KekRotateError::Unopenable(SealError::WrongKek { .. })),
+            "{err:?}"
+        );
+        assert_eq!(f.snapshot(), before);
+    }
+
+    #[test]
+    fn a_running_issuer_or_a_rotation_in_progress_is_refused() {
+        let f = Fixture::dev();
+        let before = f.snapshot();
+        // An issuer answering on the admin socket.
+        let socket = std::os::unix::net::UnixListener::bind(f.dir.admin_socket_path()).unwrap();
+        let err = f.rotate(None, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, KekRotateError::IssuerRunning { .. }), "{err}");
+        assert!(err.to_string().contains("stop it"), "{err}");
+        drop(socket);
+        fs::remove_file(f.dir.admin_socket_path()).unwrap();
+
+        // An issuer holding the data directory (as `serve` does before its socket).
+        let held = f.dir.lock_shared().unwrap();
+        let err = f.rotate(None, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, KekRotateError::Busy { .. }), "{err}");
+        drop(held);
+        assert_eq!(f.snapshot(), before);
+
+        // A rotation holding it: opens wait for it to finish rather than read half of it.
+        let rotating = f.dir.try_lock(LockMode::Exclusive).unwrap().unwrap();
+        let err = f.dir.open(&KekSource::Dev).unwrap_err();
+        assert!(matches!(err, DataDirError::Busy { .. }), "{err}");
+        drop(rotating);
+        f.dir.open(&KekSource::Dev).unwrap();
+    }
+
+    #[test]
+    fn a_journal_naming_anything_else_is_refused_not_followed() {
+        let f = Fixture::dev();
+        let outside = f.tmp.path().join("outside");
+        fs::write(&outside, b"precious").unwrap();
+        let staging = f.root().join(STAGING_DIR);
+        fsio::create_private_dir(&staging).unwrap();
+        fs::write(staging.join("0"), b"x").unwrap();
+        let hash = sha256_hex(b"x");
+        for target in ["../outside", "/etc/passwd", "keyring/../../outside", "bundle.pem"] {
+            let journal = json_journal(target, &hash);
+            fs::write(staging.join(JOURNAL), journal).unwrap();
+            let err = f.dir.open(&KekSource::Dev).unwrap_err();
+            assert!(
+                matches!(err, DataDirError::Rotation(RecoveryError::Journal { .. })),
+                "{target}: {err}"
+            );
+        }
+        assert_eq!(fs::read(&outside).unwrap(), b"precious");
+        // A staged copy that is not what the journal says is not put in place.
+        fs::write(staging.join(JOURNAL), json_journal(CA_KEY, &sha256_hex(b"y"))).unwrap();
+        let ca = fs::read(f.root().join(CA_KEY)).unwrap();
+        let err = f.dir.open(&KekSource::Dev).unwrap_err();
+        assert!(
+            matches!(err, DataDirError::Rotation(RecoveryError::Stuck { .. })),
+            "{err}"
+        );
+        assert_eq!(fs::read(f.root().join(CA_KEY)).unwrap(), ca);
+    }
+
+    fn json_journal(target: &str, hash: &str) -> String {
+        serde_json::json!({
+            "version": 1,
+            "old_kek_id": "0123456789abcdef",
+            "new_kek_id": "fedcba9876543210",
+            "files": [{"staged": "0", "target": target, "sha256": hash}],
+        })
+        .to_string()
+    }
+}
+
+/// The distributed store, against a real `redis-server`.
+#[cfg(test)]
+mod shared_tests {
+    use super::tests::Fixture;
+    use super::*;
+    use crate::shared::DEFAULT_TIMEOUT;
+    use baton_tests::RedisServer;
+
+    fn connect(redis: &RedisServer) -> SharedStore {
+        SharedStore::connect(&redis.url(), DEFAULT_TIMEOUT).unwrap()
+    }
+
+    /// A staged signing key (with its one-hour expiry) that a crashed rotation left.
+    fn stage_orphan(f: &Fixture, redis: &RedisServer) -> String {
+        let kid = "A".repeat(43);
+        let sealed = Kek::load(&f.old).unwrap().seal(&purpose(&kid), b"orphan").unwrap();
+        let name = shared_key_name(&kid);
+        let store = connect(redis);
+        let mut conn = store.connection().unwrap();
+        redis::cmd("SET")
+            .arg(&name)
+            .arg(sealed)
+            .arg("EX")
+            .arg(3600)
+            .query::<()>(&mut *conn)
+            .unwrap();
+        name
+    }
+
+    fn fixture(redis: &RedisServer) -> (Fixture, SharedStore) {
+        assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+        let store = connect(redis);
+        let mut f = Fixture::file(Some(&store));
+        let name = stage_orphan(&f, redis);
+        let kid = name.strip_prefix(&shared_key_name("")).unwrap();
+        f.plain.insert(name.clone(), b"orphan".to_vec());
+        assert_eq!(purpose(kid), format!("signing-key:{kid}"));
+        (f, store)
+    }
+
+    #[test]
+    fn redis_keys_are_resealed_in_place_and_a_second_replica_finds_them_done() {
+        let redis = RedisServer::start();
+        let (a, store) = fixture(&redis);
+        let generation = redis.cli(&["GET", "{baton}:keyring:generation"]);
+        let orphan = shared_key_name(&"A".repeat(43));
+
+        // A second replica: a copy of the data directory, the same KEK, the same Redis.
+        let b_root = a.tmp.path().join("b");
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(a.root())
+            .arg(&b_root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+
+        let done = a.rotate(Some(&store), &mut |_| {}).unwrap();
+        assert_eq!((done.resealed_files, done.resealed_shared), (1, 3));
+        a.assert_settled(&a.new, &a.old, Some(&store));
+        // The keys did not change: no new generation; staged keys keep their expiry,
+        // committed ones stay permanent.
+        assert_eq!(redis.cli(&["GET", "{baton}:keyring:generation"]), generation);
+        let ttl: i64 = redis.cli(&["TTL", &orphan]).parse().unwrap();
+        assert!(ttl > 3000, "{ttl}");
+        for key in &a.jwks.keys {
+            assert_eq!(redis.cli(&["TTL", &shared_key_name(&key.kid)]), "-1");
+        }
+
+        let b = DataDir::new(&b_root);
+        let before: Vec<_> = a.secrets(Some(&store)).into_iter().skip(1).collect();
+        let done = rotate(&b, &a.source, &a.new, Some(&store), &mut |_| {}).unwrap();
+        assert_eq!(
+            (done.resealed_files, done.resealed_shared, done.already_new),
+            (1, 0, 3),
+            "the second replica re-seals its own CA key and leaves Redis alone"
+        );
+        let after: Vec<_> = a.secrets(Some(&store)).into_iter().skip(1).collect();
+        assert_eq!(before, after, "Redis untouched by the second replica");
+        let opened = b.open(&KekSource::File(a.new.clone())).unwrap();
+        let ring = crate::keyring::Keyring::current(crate::keyring::Home::Shared(&opened, &store))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ring.jwks(), &a.jwks);
+        let err = b.open(&KekSource::File(a.old.clone())).unwrap_err();
+        assert!(matches!(err, DataDirError::Seal(SealError::WrongKek { .. })), "{err}");
+    }
+
+    #[test]
+    fn a_crash_at_any_step_leaves_exactly_one_kek_for_files_and_redis_alike() {
+        let redis = RedisServer::start();
+        for step in Step::ALL {
+            let (f, store) = fixture(&redis);
+            f.crash_at(step, Some(&store));
+            let (winner, loser) = if step.is_committed() {
+                (&f.new, &f.old)
+            } else {
+                (&f.old, &f.new)
+            };
+            f.assert_settled(winner, loser, Some(&store));
+            f.rotate(Some(&store), &mut |_| {}).unwrap();
+            f.assert_settled(&f.new, &f.old, Some(&store));
+        }
+    }
+
+    #[test]
+    fn an_open_without_the_store_finishes_the_files_and_the_keyring_read_finishes_redis() {
+        let redis = RedisServer::start();
+        let (f, store) = fixture(&redis);
+        f.crash_at(Step::Committed, Some(&store));
+        // `enroll`: the data directory alone. The files roll forward, the journal stays
+        // for Redis.
+        let data = f.dir.open(&KekSource::File(f.new.clone())).unwrap();
+        assert!(f.root().join(STAGING_DIR).join(JOURNAL).exists());
+        // The command without its store refuses to go on, saying why.
+        let err = f.rotate(None, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, KekRotateError::RecoveryNeedsStore { .. }), "{err}");
+        // `serve`: reading the shared keyring finishes Redis first.
+        crate::keyring::Keyring::current(crate::keyring::Home::Shared(&data, &store))
+            .unwrap()
+            .unwrap();
+        assert!(!f.root().join(STAGING_DIR).exists());
+        f.assert_settled(&f.new, &f.old, Some(&store));
+    }
+
+    #[test]
+    fn redis_changing_before_the_commit_point_changes_nothing() {
+        let redis = RedisServer::start();
+        let (f, store) = fixture(&redis);
+        let files = f.snapshot();
+        let err = f
+            .rotate(Some(&store), &mut |s| {
+                if s == Step::Staged {
+                    // A replica left running adds a key.
+                    redis.cli(&["SET", &shared_key_name(&"B".repeat(43)), "x"]);
+                }
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, KekRotateError::SharedChangedBeforeCommit { .. }),
+            "{err}"
+        );
+        assert_eq!(f.snapshot(), files);
+        redis.cli(&["DEL", &shared_key_name(&"B".repeat(43))]);
+        f.assert_settled(&f.old, &f.new, Some(&store));
+    }
+
+    #[test]
+    fn redis_changing_after_the_commit_point_is_refused_whole_until_put_right() {
+        let redis = RedisServer::start();
+        let (f, store) = fixture(&redis);
+        let index: Vec<u8> = redis::cmd("GET")
+            .arg("{baton}:keyring:index")
+            .query(&mut *store.connection().unwrap())
+            .unwrap();
+        let err = f
+            .rotate(Some(&store), &mut |s| {
+                if s == Step::Committed {
+                    redis.cli(&["SET", "{baton}:keyring:index", "changed"]);
+                }
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, KekRotateError::Recovery(RecoveryError::SharedChanged { .. })),
+            "{err}"
+        );
+        // All or nothing: every Redis key still holds its old envelope.
+        let old = Kek::load(&f.old).unwrap();
+        for (location, purpose, sealed) in f.secrets(Some(&store)).into_iter().skip(1) {
+            old.open(Path::new(&location), &purpose, &sealed).unwrap();
+        }
+        // Until the store is put right, reading the shared keyring says why.
+        let data = f.dir.open(&KekSource::File(f.new.clone())).unwrap();
+        let err = crate::keyring::Keyring::current(crate::keyring::Home::Shared(&data, &store))
+            .unwrap_err();
+        assert!(err.to_string().contains("stop every replica"), "{err}");
+        let mut conn = store.connection().unwrap();
+        redis::cmd("SET")
+            .arg("{baton}:keyring:index")
+            .arg(index)
+            .query::<()>(&mut *conn)
+            .unwrap();
+        drop(conn);
+        recover(&f.dir, Some(&store)).unwrap();
+        f.assert_settled(&f.new, &f.old, Some(&store));
     }
 }
