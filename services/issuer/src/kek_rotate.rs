@@ -1321,7 +1321,9 @@ mod tests {
             };
             let old_kek = Kek::load(&fixture.old).unwrap();
             for (location, purpose, sealed) in fixture.secrets(store) {
-                let plain = old_kek.open(Path::new(&location), &purpose, &sealed).unwrap();
+                let plain = old_kek
+                    .open(Path::new(&location), &purpose, &sealed)
+                    .unwrap();
                 fixture.plain.insert(location, plain.to_vec());
             }
             fixture
@@ -1348,7 +1350,10 @@ mod tests {
         }
 
         /// Every sealed secret: (location, purpose, envelope).
-        pub(super) fn secrets(&self, store: Option<&SharedStore>) -> Vec<(String, String, Vec<u8>)> {
+        pub(super) fn secrets(
+            &self,
+            store: Option<&SharedStore>,
+        ) -> Vec<(String, String, Vec<u8>)> {
             let mut out = vec![(
                 CA_KEY.to_owned(),
                 CA_KEY_PURPOSE.to_owned(),
@@ -1425,13 +1430,21 @@ mod tests {
 
         /// Exactly `winner` opens everything, through Baton's open path and secret by
         /// secret; `loser` opens nothing; nothing staged remains.
-        pub(super) fn assert_settled(&self, winner: &Path, loser: &Path, store: Option<&SharedStore>) {
+        pub(super) fn assert_settled(
+            &self,
+            winner: &Path,
+            loser: &Path,
+            store: Option<&SharedStore>,
+        ) {
             // The loser first: its open runs the recovery, which must settle the same way.
             let refused = self.open_with(loser, store).unwrap_err();
             assert!(refused.contains("WrongKek"), "{refused}");
             let (_, jwks) = self.open_with(winner, store).unwrap();
             assert_eq!(jwks, self.jwks, "the signing keys are the same keys");
-            assert!(!self.root().join(STAGING_DIR).exists(), "staging left behind");
+            assert!(
+                !self.root().join(STAGING_DIR).exists(),
+                "staging left behind"
+            );
             let win = Kek::load(winner).unwrap();
             let lose = Kek::load(loser).unwrap();
             let secrets = self.secrets(store);
@@ -1443,7 +1456,10 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{location}: {e}"));
                 assert_eq!(*plain, self.plain[&location], "{location}");
                 assert!(
-                    matches!(lose.open(path, &purpose, &sealed), Err(SealError::WrongKek { .. })),
+                    matches!(
+                        lose.open(path, &purpose, &sealed),
+                        Err(SealError::WrongKek { .. })
+                    ),
                     "{location} opens under the losing KEK"
                 );
             }
@@ -1493,7 +1509,11 @@ mod tests {
         f.assert_settled(&f.new, &f.old, None);
         // The dev KEK in the data directory is the new one: a plain open works.
         f.dir.open(&KekSource::Dev).unwrap();
-        let mode = fs::metadata(f.root().join(DEV_KEK)).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(f.root().join(DEV_KEK))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
 
@@ -1510,8 +1530,14 @@ mod tests {
         assert_eq!((again.resealed_files, again.already_new), (0, 3));
         f.assert_settled(&f.new, &f.old, None);
         // Switched: the new KEK is the one in use.
-        let err = rotate(&f.dir, &KekSource::File(f.new.clone()), &f.new, None, &mut |_| {})
-            .unwrap_err();
+        let err = rotate(
+            &f.dir,
+            &KekSource::File(f.new.clone()),
+            &f.new,
+            None,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(matches!(err, KekRotateError::SameKek { .. }), "{err}");
     }
 
@@ -1546,7 +1572,11 @@ mod tests {
             // Run again before anything else opened it: the command finishes it itself.
             let done = untouched.rotate(None, &mut |_| {}).unwrap();
             assert_eq!(done.finished_interrupted, committed, "{step:?}");
-            assert_eq!(done.resealed_files, if committed { 0 } else { 3 }, "{step:?}");
+            assert_eq!(
+                done.resealed_files,
+                if committed { 0 } else { 3 },
+                "{step:?}"
+            );
             untouched.assert_settled(&f.new, &f.old, None);
         }
     }
@@ -1580,7 +1610,10 @@ mod tests {
     fn a_secret_that_does_not_open_refuses_the_rotation_before_anything_is_written() {
         let f = Fixture::dev();
         let kid = f.jwks.keys[1].kid.clone();
-        let target = f.root().join(KEYRING_DIR).join(format!("{kid}{SEALED_SUFFIX}"));
+        let target = f
+            .root()
+            .join(KEYRING_DIR)
+            .join(format!("{kid}{SEALED_SUFFIX}"));
         let sealed = fs::read_to_string(&target).unwrap();
         let mut envelope: serde_json::Value = serde_json::from_str(&sealed).unwrap();
         let ct = envelope["ciphertext"].as_str().unwrap().to_owned();
@@ -1647,7 +1680,12 @@ mod tests {
         fsio::create_private_dir(&staging).unwrap();
         fs::write(staging.join("0"), b"x").unwrap();
         let hash = sha256_hex(b"x");
-        for target in ["../outside", "/etc/passwd", "keyring/../../outside", "bundle.pem"] {
+        for target in [
+            "../outside",
+            "/etc/passwd",
+            "keyring/../../outside",
+            "bundle.pem",
+        ] {
             let journal = json_journal(target, &hash);
             fs::write(staging.join(JOURNAL), journal).unwrap();
             let err = f.dir.open(&KekSource::Dev).unwrap_err();
@@ -1658,7 +1696,11 @@ mod tests {
         }
         assert_eq!(fs::read(&outside).unwrap(), b"precious");
         // A staged copy that is not what the journal says is not put in place.
-        fs::write(staging.join(JOURNAL), json_journal(CA_KEY, &sha256_hex(b"y"))).unwrap();
+        fs::write(
+            staging.join(JOURNAL),
+            json_journal(CA_KEY, &sha256_hex(b"y")),
+        )
+        .unwrap();
         let ca = fs::read(f.root().join(CA_KEY)).unwrap();
         let err = f.dir.open(&KekSource::Dev).unwrap_err();
         assert!(
@@ -1694,7 +1736,10 @@ mod shared_tests {
     /// A staged signing key (with its one-hour expiry) that a crashed rotation left.
     fn stage_orphan(f: &Fixture, redis: &RedisServer) -> String {
         let kid = "A".repeat(43);
-        let sealed = Kek::load(&f.old).unwrap().seal(&purpose(&kid), b"orphan").unwrap();
+        let sealed = Kek::load(&f.old)
+            .unwrap()
+            .seal(&purpose(&kid), b"orphan")
+            .unwrap();
         let name = shared_key_name(&kid);
         let store = connect(redis);
         let mut conn = store.connection().unwrap();
@@ -1741,7 +1786,10 @@ mod shared_tests {
         a.assert_settled(&a.new, &a.old, Some(&store));
         // The keys did not change: no new generation; staged keys keep their expiry,
         // committed ones stay permanent.
-        assert_eq!(redis.cli(&["GET", "{baton}:keyring:generation"]), generation);
+        assert_eq!(
+            redis.cli(&["GET", "{baton}:keyring:generation"]),
+            generation
+        );
         let ttl: i64 = redis.cli(&["TTL", &orphan]).parse().unwrap();
         assert!(ttl > 3000, "{ttl}");
         for key in &a.jwks.keys {
@@ -1764,7 +1812,10 @@ mod shared_tests {
             .unwrap();
         assert_eq!(ring.jwks(), &a.jwks);
         let err = b.open(&KekSource::File(a.old.clone())).unwrap_err();
-        assert!(matches!(err, DataDirError::Seal(SealError::WrongKek { .. })), "{err}");
+        assert!(
+            matches!(err, DataDirError::Seal(SealError::WrongKek { .. })),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1795,7 +1846,10 @@ mod shared_tests {
         assert!(f.root().join(STAGING_DIR).join(JOURNAL).exists());
         // The command without its store refuses to go on, saying why.
         let err = f.rotate(None, &mut |_| {}).unwrap_err();
-        assert!(matches!(err, KekRotateError::RecoveryNeedsStore { .. }), "{err}");
+        assert!(
+            matches!(err, KekRotateError::RecoveryNeedsStore { .. }),
+            "{err}"
+        );
         // `serve`: reading the shared keyring finishes Redis first.
         crate::keyring::Keyring::current(crate::keyring::Home::Shared(&data, &store))
             .unwrap()
@@ -1842,7 +1896,10 @@ mod shared_tests {
             })
             .unwrap_err();
         assert!(
-            matches!(err, KekRotateError::Recovery(RecoveryError::SharedChanged { .. })),
+            matches!(
+                err,
+                KekRotateError::Recovery(RecoveryError::SharedChanged { .. })
+            ),
             "{err}"
         );
         // All or nothing: every Redis key still holds its old envelope.
