@@ -220,6 +220,20 @@ impl DataDir {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                // A file system without flock(2): run as Baton did before it locked
+                // (the rotation still refuses while an issuer answers on its socket).
+                Err(
+                    e @ (rustix::io::Errno::NOLCK
+                    | rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::NOSYS),
+                ) => {
+                    tracing::warn!(
+                        data_dir = %self.root.display(),
+                        error = %e,
+                        "the data directory's file system cannot lock; running without the lock"
+                    );
+                    return Ok(Some(DataDirLock { _dir: dir }));
+                }
                 Err(e) => return Err(io_err(&self.root)(e.into())),
             }
         }

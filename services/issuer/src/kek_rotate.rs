@@ -68,7 +68,7 @@
 //! | writing the journal | journal and every staged copy durable | renames, script | new |
 //! | the Redis script | Redis re-sealed, files not yet | renames | new |
 //! | some of the renames | some targets new, the rest staged | renames the rest | new |
-//! | all renames | every target new, journal left | removes the journal | new |
+//! | all renames | every target new, journal left | finds nothing to rename, retires it | new |
 //! | renaming it aside | `kek-rotation.done/` | removes it | new |
 //!
 //! A crash while the journal is being written leaves only its temporary file: no
@@ -1026,7 +1026,7 @@ impl Journal {
             }
             let prefix = shared_key_name("");
             for key in &shared.keys {
-                let named_right = key.key.strip_prefix(&prefix).is_some_and(|kid| is_kid(kid));
+                let named_right = key.key.strip_prefix(&prefix).is_some_and(is_kid);
                 if !named_right {
                     return Err(bad("it names a Redis key a rotation never writes"));
                 }
