@@ -1,7 +1,7 @@
 //! Audit events: one structured `tracing` event per issuance, denial, introspection,
-//! consumption, replay attempt, revocation, identity revocation, workload certificate
-//! and join-token revocation, under the `baton::audit` target so operators can route
-//! them apart from diagnostics. They name who asked, for whom, the outcome and the
+//! consumption, replay attempt, revocation, identity revocation, workload certificate,
+//! join-token revocation and key-encryption key rotation, under the `baton::audit`
+//! target so operators can route them apart from diagnostics. They name who asked, for whom, the outcome and the
 //! token's `jti` and `sid` — never a token, a join token, an assertion or key
 //! material. A `jti` is logged only once the token's signature verified; an
 //! unverified token's claims are whatever an attacker wrote.
@@ -170,6 +170,27 @@ pub fn join_token_revoked(handle: &str, id: &SpiffeId) {
         handle,
         id = %id,
         via = "admin_socket",
+    );
+}
+
+/// Every sealed secret was re-sealed from KEK `old_kek_id` to `new_kek_id` (public
+/// identifiers, never key bytes): `files` in the data directory (the dev KEK file
+/// counted), `shared` in Redis; `recovered` when an interrupted rotation was finished.
+pub fn kek_rotated(
+    old_kek_id: &str,
+    new_kek_id: &str,
+    files: usize,
+    shared: usize,
+    recovered: bool,
+) {
+    tracing::warn!(
+        target: TARGET,
+        event = "kek.rotated",
+        old_kek_id,
+        new_kek_id,
+        files,
+        shared,
+        recovered,
     );
 }
 

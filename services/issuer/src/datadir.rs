@@ -9,10 +9,16 @@
 //!   join-tokens/         0700  one record per outstanding join token, named by its hash
 //!   denylist.json        0600  identity deny list (`baton identities revoke`)
 //!   admin.sock           0600  the running issuer's admin socket (gone when it stops)
+//!   kek-rotation/        0700  only while `baton kek rotate` runs or after it crashed
 //! ```
 //!
 //! No file holds a private key in plain text. The directory is created whole or not
 //! at all: `init` builds it under a temporary name and renames it into place.
+//!
+//! The directory itself is the lock between processes (`flock(2)` on it): a running
+//! issuer and every open hold it shared, `baton kek rotate` exclusive, so a rotation
+//! never runs beside an issuer and an open never sees a rotation half made. Every open
+//! first finishes or discards what an interrupted rotation left ([`crate::kek_rotate`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,13 +33,18 @@ use crate::pki::{self, CertificateAuthority, PkiError};
 use crate::seal::{Kek, SealError};
 
 const BUNDLE: &str = "bundle.pem";
-const CA_KEY: &str = "ca.key.sealed";
-const DEV_KEK: &str = "kek";
+/// The sealed CA key, relative to the data directory.
+pub(crate) const CA_KEY: &str = "ca.key.sealed";
+/// The dev KEK, relative to the data directory.
+pub(crate) const DEV_KEK: &str = "kek";
 const CONFIG: &str = "config.toml";
 const JOIN_TOKENS: &str = "join-tokens";
 const DENY_LIST: &str = "denylist.json";
-const CA_KEY_PURPOSE: &str = "ca-key";
+/// What the CA key is sealed for (the envelope's purpose).
+pub(crate) const CA_KEY_PURPOSE: &str = "ca-key";
 const MAX_BUNDLE_BYTES: u64 = 1024 * 1024;
+/// How long taking the data directory's lock waits for another holder to let go.
+pub const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Where the key-encryption key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +86,17 @@ pub enum DataDirError {
         /// What is wrong.
         reason: String,
     },
+    /// A `baton kek rotate` holds the data directory.
+    #[error(
+        "a key-encryption key rotation is in progress on {path}; retry once `baton kek rotate` has finished"
+    )]
+    Busy {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// What an interrupted key-encryption key rotation left could not be finished.
+    #[error(transparent)]
+    Rotation(#[from] crate::kek_rotate::RecoveryError),
     /// Reading or writing failed.
     #[error("{path}")]
     Io {
@@ -122,6 +144,22 @@ pub struct OpenDataDir {
     bundle_pem: String,
 }
 
+/// A `flock(2)` on the data directory, released when dropped (or when the process
+/// dies, however it dies).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _dir: std::fs::File,
+}
+
+/// How a [`DataDirLock`] is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Beside other shared holders: a running issuer, an open.
+    Shared,
+    /// Alone: a key-encryption key rotation.
+    Exclusive,
+}
+
 impl DataDir {
     /// Names the data directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -158,8 +196,70 @@ impl DataDir {
         self.root.join(crate::admin::SOCKET_FILE)
     }
 
-    fn dev_kek_path(&self) -> PathBuf {
+    pub(crate) fn dev_kek_path(&self) -> PathBuf {
         self.root.join(DEV_KEK)
+    }
+
+    /// Locks the data directory, waiting up to [`LOCK_PATIENCE`]: `None` when a holder
+    /// of the other mode (or, for [`LockMode::Exclusive`], any holder) keeps it.
+    ///
+    /// The wait also rides out a lock held a moment too long by a process forked
+    /// elsewhere in the same program (the child shares the descriptor until it execs).
+    pub fn try_lock(&self, mode: LockMode) -> Result<Option<DataDirLock>, DataDirError> {
+        use rustix::fs::{FlockOperation, flock};
+        let dir = std::fs::File::open(&self.root).map_err(io_err(&self.root))?;
+        let operation = match mode {
+            LockMode::Shared => FlockOperation::NonBlockingLockShared,
+            LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,
+        };
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match flock(&dir, operation) {
+                Ok(()) => return Ok(Some(DataDirLock { _dir: dir })),
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                // A file system without flock(2): run as Baton did before it locked
+                // (the rotation still refuses while an issuer answers on its socket).
+                Err(
+                    e @ (rustix::io::Errno::NOLCK
+                    | rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::NOSYS),
+                ) => {
+                    tracing::warn!(
+                        data_dir = %self.root.display(),
+                        error = %e,
+                        "the data directory's file system cannot lock; running without the lock"
+                    );
+                    return Ok(Some(DataDirLock { _dir: dir }));
+                }
+                Err(e) => return Err(io_err(&self.root)(e.into())),
+            }
+        }
+    }
+
+    /// Holds the data directory shared, as a running issuer does for its whole life, so
+    /// that no `baton kek rotate` can start under it.
+    pub fn lock_shared(&self) -> Result<DataDirLock, DataDirError> {
+        self.try_lock(LockMode::Shared)?
+            .ok_or_else(|| DataDirError::Busy {
+                path: self.root.clone(),
+            })
+    }
+
+    /// Loads the key-encryption key from `source` (the dev one from this directory).
+    pub(crate) fn load_kek(&self, source: &KekSource) -> Result<Kek, DataDirError> {
+        Ok(match source {
+            KekSource::File(path) => Kek::load(path)?,
+            KekSource::Dev => {
+                let path = self.dev_kek_path();
+                if !path.exists() {
+                    return Err(DataDirError::KekMissing { path });
+                }
+                Kek::load(&path)?
+            }
+        })
     }
 
     /// Whether `init` has run here.
@@ -247,7 +347,8 @@ impl DataDir {
         Ok(())
     }
 
-    /// Opens an initialized data directory: loads the KEK, the bundle and the CA.
+    /// Opens an initialized data directory: finishes (or discards) an interrupted
+    /// key-encryption key rotation, then loads the KEK, the bundle and the CA.
     pub fn open(&self, kek_source: &KekSource) -> Result<OpenDataDir, DataDirError> {
         let bundle_path = self.bundle_path();
         if !bundle_path.is_file() {
@@ -255,16 +356,11 @@ impl DataDir {
                 path: self.root.clone(),
             });
         }
-        let kek = match kek_source {
-            KekSource::File(path) => Kek::load(path)?,
-            KekSource::Dev => {
-                let path = self.dev_kek_path();
-                if !path.exists() {
-                    return Err(DataDirError::KekMissing { path });
-                }
-                Kek::load(&path)?
-            }
-        };
+        let _lock = self.lock_shared()?;
+        // Before the KEK is read: a committed rotation may still have to put the new
+        // dev KEK in place, and it needs no KEK to do so.
+        crate::kek_rotate::recover_locked(self, None)?;
+        let kek = self.load_kek(kek_source)?;
         let bundle_bytes =
             fsio::read_bounded(&bundle_path, MAX_BUNDLE_BYTES).map_err(io_err(&bundle_path))?;
         let malformed = |reason: &str| DataDirError::Malformed {

@@ -49,12 +49,14 @@ use crate::shared::{SharedStore, SharedStoreError};
 /// `next` key before the active one's certificate runs out.
 pub const SIGNING_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
-const KEYRING_DIR: &str = "keyring";
+/// The keyring's directory, relative to the data directory.
+pub(crate) const KEYRING_DIR: &str = "keyring";
 const INDEX: &str = "keyring.json";
 const INDEX_VERSION: u8 = 1;
 /// The index lists at most [`MAX_JWKS_KEYS`] keys of under 2 KiB each.
 const MAX_INDEX_BYTES: u64 = 256 * 1024;
-const SEALED_SUFFIX: &str = ".key.sealed";
+/// How a sealed key's file name ends, after its kid.
+pub(crate) const SEALED_SUFFIX: &str = ".key.sealed";
 /// A kid is a base64url SHA-256 thumbprint (RFC 7638 §3): 43 characters.
 const KID_LEN: usize = 43;
 const RESTORE: &str = "restore the keyring directory from a backup, or move it aside and restart \
@@ -189,6 +191,9 @@ pub enum KeyringError {
     /// The shared store could not be read or written; nothing changed.
     #[error(transparent)]
     Shared(#[from] SharedStoreError),
+    /// An interrupted key-encryption key rotation could not re-seal the shared store.
+    #[error(transparent)]
+    KekRotation(#[from] crate::kek_rotate::RecoveryError),
     /// Another replica changed the shared keyring since this one loaded it; nothing was
     /// written. Reload and retry.
     #[error(
@@ -286,7 +291,10 @@ impl<'a> Home<'a> {
                     Err(source) => Err(KeyringError::Io { path, source }),
                 }
             }
-            Self::Shared(_, store) => {
+            Self::Shared(data, store) => {
+                // A key-encryption key rotation that crashed after its commit point may
+                // still have to re-seal the shared keys: finish it before reading them.
+                crate::kek_rotate::recover(data.dir(), Some(store))?;
                 let mut conn = store.connection()?;
                 let (index, generation): (Option<Vec<u8>>, Option<u64>) = redis::cmd("MGET")
                     .arg(SharedStore::key("keyring:index"))
@@ -429,7 +437,8 @@ impl<'a> Home<'a> {
 /// Largest sealed key read: an envelope around a PKCS#8 key is well under 1 KiB.
 const MAX_SEALED_BYTES: u64 = 64 * 1024;
 
-fn shared_key_name(kid: &str) -> String {
+/// The Redis key of a sealed signing key.
+pub(crate) fn shared_key_name(kid: &str) -> String {
     SharedStore::key(&format!("keyring:key:{kid}"))
 }
 
@@ -1280,7 +1289,9 @@ fn load_key(
     })
 }
 
-fn is_kid(s: &str) -> bool {
+/// Whether `s` has the shape of a kid (a base64url SHA-256 thumbprint), so it may be
+/// used in a file or key name.
+pub(crate) fn is_kid(s: &str) -> bool {
     s.len() == KID_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -1290,7 +1301,8 @@ fn sealed_path(dir: &Path, kid: &str) -> PathBuf {
     dir.join(format!("{kid}{SEALED_SUFFIX}"))
 }
 
-fn purpose(kid: &str) -> String {
+/// What a signing key is sealed for (the envelope's purpose).
+pub(crate) fn purpose(kid: &str) -> String {
     format!("signing-key:{kid}")
 }
 

@@ -13,6 +13,7 @@ pub mod fsio;
 pub mod introspect;
 pub mod join_token;
 mod jws;
+pub mod kek_rotate;
 pub mod keyring;
 pub mod ledger;
 pub mod lifecycle;

@@ -6,6 +6,7 @@ mod enroll;
 mod identities;
 mod init;
 mod join_tokens;
+mod kek;
 mod keys;
 mod policy;
 mod serve;
@@ -50,6 +51,8 @@ enum Command {
     JoinTokens(join_tokens::JoinTokensArgs),
     /// Signing keys of the running issuer: list, rotate, revoke.
     Keys(keys::KeysArgs),
+    /// The key-encryption key that seals every private key at rest: rotate, verify.
+    Kek(kek::KekArgs),
     /// Check a token policy file, or reload the running issuer's policy (SPEC §6).
     Policy(policy::PolicyArgs),
     /// Run the issuer. On a fresh machine it first initializes a dev trust domain
@@ -70,6 +73,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identities(args) => identities::run(&ctx, args),
         Command::JoinTokens(args) => join_tokens::run(&ctx, args),
         Command::Keys(args) => keys::run(&ctx, args),
+        Command::Kek(args) => kek::run(&ctx, args),
         Command::Policy(args) => policy::run(&ctx, args),
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Token(args) => token::run(args),

@@ -65,7 +65,7 @@ pub(super) struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
+pub(super) enum LogFormat {
     Text,
     Json,
 }
@@ -94,6 +94,8 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
             "no data directory: initialized a DEV trust domain (dev KEK beside the data; use `baton init` and BATON_KEK_FILE in production)"
         );
     }
+    // Held for the issuer's whole life: no `baton kek rotate` starts under it.
+    let _data_lock = ctx.data_dir.lock_shared()?;
     let store = Arc::new(ctx.data_dir.open(&ctx.kek)?);
     let mut config = load_config(ctx, &args)?;
     // First, so a second issuer on the same data directory stops here, before it
@@ -478,7 +480,7 @@ fn server_names(config: &Config, issuer: &str) -> (Vec<String>, Vec<IpAddr>) {
     (dns, ips)
 }
 
-fn init_logging(format: Option<LogFormat>) {
+pub(super) fn init_logging(format: Option<LogFormat>) {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
