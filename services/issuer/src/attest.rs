@@ -100,9 +100,20 @@ pub enum AttestError {
     /// The chain has more certificates than any Baton chain needs.
     #[error("certificate chain has more than {MAX_CHAIN_CERTS} certificates")]
     ChainTooLong,
-    /// A certificate is not valid DER X.509.
+    /// The leaf certificate is not valid DER X.509.
     #[error("the leaf certificate is not valid DER X.509")]
     BadCertificate,
+    /// A certificate after the leaf is not valid DER X.509. Path building would skip
+    /// it, but RFC 7515 §4.1.6 makes the whole chain invalid, and a chain that carries
+    /// junk is not one a workload's own library made.
+    #[error(
+        "certificate {position} of the chain (the leaf is 1) is not valid DER X.509; \
+         send the leaf, then its intermediates"
+    )]
+    BadChainCertificate {
+        /// 1-based position in the chain as presented.
+        position: usize,
+    },
     /// No path from the leaf to the trust bundle.
     #[error("certificate chain does not lead to this trust domain's bundle")]
     UntrustedChain,
@@ -203,6 +214,7 @@ impl AttestError {
             Self::NoCertificate => "no_certificate",
             Self::ChainTooLong => "chain_too_long",
             Self::BadCertificate => "bad_certificate",
+            Self::BadChainCertificate { .. } => "bad_chain_certificate",
             Self::UntrustedChain => "untrusted_chain",
             Self::Expired => "certificate_expired",
             Self::NotYetValid => "certificate_not_yet_valid",
@@ -560,6 +572,12 @@ impl Attestor {
             .iter()
             .map(|der| CertificateDer::from(der.as_ref()))
             .collect();
+        for (i, der) in intermediates.iter().enumerate() {
+            match X509Certificate::from_der(der.as_ref()) {
+                Ok(([], _)) => {}
+                _ => return Err(AttestError::BadChainCertificate { position: i + 2 }),
+            }
+        }
         let time =
             UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(now).unwrap_or_default()));
         let path = end_entity
@@ -1673,6 +1691,48 @@ mod tests {
             f.attestor.attest_mtls(&[b"junk".to_vec()], NOW),
             Err(AttestError::BadCertificate)
         ));
+    }
+
+    #[tokio::test]
+    async fn junk_after_the_leaf_invalidates_the_chain_on_both_paths() {
+        let f = fixture();
+        // Directly under the root: path building alone would find the root and never
+        // look at what follows the leaf.
+        let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
+        let mut padded = f.ca.cert_der().to_vec();
+        padded.push(0);
+        for (what, extra) in [
+            ("junk", b"not a certificate".to_vec()),
+            ("empty", Vec::new()),
+            ("trailing bytes", padded),
+        ] {
+            let mut chain = w.chain.clone();
+            chain.push(extra);
+            let err = f.attestor.attest_mtls(&chain, NOW).unwrap_err();
+            assert!(
+                matches!(err, AttestError::BadChainCertificate { position: 2 }),
+                "{what}: {err}"
+            );
+            assert_eq!(err.reason(), "bad_chain_certificate");
+            let header = json!({
+                "alg": "ES256",
+                "x5c": chain.iter().map(|c| STANDARD.encode(c)).collect::<Vec<_>>(),
+            });
+            let jws = w.sign(&header, &w.claims(&fresh_jti()));
+            assert!(
+                matches!(
+                    f.attestor.attest_assertion(&jws, NOW).await,
+                    Err(AttestError::BadChainCertificate { position: 2 })
+                ),
+                "{what}"
+            );
+        }
+        // A well-formed certificate that certifies nothing here is extraneous, not
+        // junk: ignored, as TLS 1.3 (RFC 8446 §4.4.2) ignores it.
+        let mut chain = w.chain.clone();
+        chain.push(new_ca("other.org").cert_der().to_vec());
+        assert_eq!(f.attestor.attest_mtls(&chain, NOW).unwrap().id, w.id);
+        assert!(f.ledger.is_empty());
     }
 
     #[tokio::test]
