@@ -62,8 +62,14 @@ pub enum UniqueJsonError {
 /// ));
 /// ```
 pub fn from_slice_unique<'de, T: Deserialize<'de>>(json: &'de [u8]) -> Result<T, UniqueJsonError> {
+    // RFC 8259 §8.1: JSON text is UTF-8. serde_json checks the strings it decodes but
+    // only skims the ones it skips (unknown members), so without this check a claim
+    // set with invalid bytes inside an ignored member would verify here and fail, or
+    // read differently, in a stricter reader.
+    let json = std::str::from_utf8(json)
+        .map_err(|_| UniqueJsonError::Invalid(de::Error::custom("the JSON text is not UTF-8")))?;
     let mut names = Names::default();
-    let mut de = serde_json::Deserializer::from_slice(json);
+    let mut de = serde_json::Deserializer::from_str(json);
     let parsed = T::deserialize(Object {
         de: &mut de,
         names: &mut names,
@@ -430,6 +436,27 @@ mod tests {
         let nested: BTreeMap<String, serde_json::Value> =
             from_slice_unique(br#"{"n":{"k":1,"k":2}}"#).unwrap();
         assert_eq!(nested["n"]["k"], 2);
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_even_inside_skipped_members() {
+        // serde_json alone accepts all three: it does not decode what it skips.
+        for json in [
+            &b"{\"a\":\"x\",\"c\":\"\xff\"}"[..],
+            b"{\"a\":\"x\",\"c\":{\"d\":[\"\xc3\x28\"]}}",
+            b"{\"a\":\"x\",\"c\":\"\xed\xa0\x80\"}",
+        ] {
+            assert!(serde_json::from_slice::<Two<'_>>(json).is_ok());
+            assert!(
+                matches!(
+                    from_slice_unique::<Two<'_>>(json),
+                    Err(UniqueJsonError::Invalid(_))
+                ),
+                "{json:?}"
+            );
+        }
+        // Valid multi-byte text is of course fine.
+        assert_eq!(two(r#"{"a":"é","c":"✓"}"#).unwrap().a, "é");
     }
 
     #[test]

@@ -80,7 +80,11 @@ fn b64(bytes: impl AsRef<[u8]>) -> String {
 }
 
 /// `header.claims.signature` with the signature `sign` makes over the signing input.
-fn compact(header: &str, claims: &str, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+fn compact(
+    header: impl AsRef<[u8]>,
+    claims: impl AsRef<[u8]>,
+    sign: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> String {
     let input = format!("{}.{}", b64(header), b64(claims));
     let sig = sign(input.as_bytes());
     format!("{input}.{}", b64(sig))
@@ -147,6 +151,11 @@ impl Kit {
 
     /// Header and claims as written, signed by the issuer's key.
     fn signed_text(&self, header: &str, claims: &str) -> String {
+        compact(header, claims, |input| self.sign(input))
+    }
+
+    /// As [`Self::signed_text`], for bytes that need not be UTF-8.
+    fn signed_bytes(&self, header: &[u8], claims: &[u8]) -> String {
         compact(header, claims, |input| self.sign(input))
     }
 
@@ -1051,6 +1060,27 @@ fn corpus() -> Vec<Case> {
             "200 distinct claims, signed by the issuer's key",
             Refused(m(CLAIMS), "malformed"),
             |k, t| k.dup_claims(t, &many_members(200)),
+        ),
+        // RFC 8259 §8.1: JSON is UTF-8, also in the members a verifier skips.
+        case(
+            "header_invalid_utf8_in_unknown_member",
+            "a byte 0xFF inside a header member both verifiers ignore",
+            Refused(m(HEADER_SHAPE), "malformed"),
+            |k, t| {
+                let header = k.header().to_string();
+                let header = [b"{\"x\":\"\xff\",", &header.as_bytes()[1..]].concat();
+                k.signed_bytes(&header, k.claims(t).to_string().as_bytes())
+            },
+        ),
+        case(
+            "claims_invalid_utf8_in_unknown_member",
+            "a lone surrogate's UTF-8 bytes inside an unknown claim, signed by the issuer's key",
+            Refused(m(CLAIMS), "malformed"),
+            |k, t| {
+                let claims = k.claims(t).to_string();
+                let claims = [b"{\"x\":\"\xed\xa0\x80\",", &claims.as_bytes()[1..]].concat();
+                k.signed_bytes(k.header().to_string().as_bytes(), &claims)
+            },
         ),
         case(
             "dup_claim_aud_other_first",

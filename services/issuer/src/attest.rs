@@ -25,6 +25,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use baton_proto::claims::{
     AssertionClaims, JwsAlgorithm, MAX_ASSERTION_LIFETIME_SECS, MAX_CLOCK_LEEWAY_SECS,
 };
+use baton_proto::json::{UniqueJsonError, from_slice_unique};
 use baton_proto::{SpiffeId, SpiffeIdError, TrustDomain};
 use moka::sync::Cache;
 use ring::digest;
@@ -746,7 +747,12 @@ impl From<JwsError> for AttestError {
 }
 
 fn parse_claims(json: &[u8]) -> Result<AssertionClaims, AttestError> {
-    serde_json::from_slice::<AssertionClaims>(json).map_err(|_| {
+    from_slice_unique::<AssertionClaims>(json).map_err(|e| {
+        if matches!(e, UniqueJsonError::DuplicateMember) {
+            // RFC 7519 §4: a repeated claim is refused, or two readers could disagree
+            // on who the caller is or for which server the assertion was made.
+            return AttestError::MalformedAssertion("a claim appears twice in the assertion");
+        }
         #[derive(Deserialize)]
         struct Probe {
             #[serde(default)]
@@ -839,10 +845,15 @@ mod tests {
 
         /// A compact JWS signed with the workload's own key, whatever the header says.
         fn sign(&self, header: &Value, claims: &Value) -> String {
+            self.sign_raw(header, &serde_json::to_vec(claims).unwrap())
+        }
+
+        /// As [`Self::sign`], over claim bytes that need not be JSON at all.
+        fn sign_raw(&self, header: &Value, claims: &[u8]) -> String {
             let input = format!(
                 "{}.{}",
                 URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap()),
-                URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
+                URL_SAFE_NO_PAD.encode(claims)
             );
             let pkcs8 = self.key.serialized_der();
             let signature = match self.key_type {
@@ -1486,6 +1497,43 @@ mod tests {
             matches!(err, AttestError::MalformedAssertion(m) if m.contains("array")),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn repeated_claims_and_invalid_utf8_are_refused_and_burn_nothing() {
+        let f = fixture();
+        let w = svid(&f.ca, "/fn/orders", KeyType::EcP256);
+        let jti = fresh_jti();
+        let valid = serde_json::to_string(&w.claims(&jti)).unwrap();
+        let body = valid.trim_end_matches('}');
+        let other = format!("spiffe://{}/fn/admin", f.ca.trust_domain());
+        let cases: [(&str, Vec<u8>); 3] = [
+            // Another reader taking the last `sub` would see another caller.
+            (
+                "sub twice",
+                format!(r#"{body},"sub":"{other}"}}"#).into_bytes(),
+            ),
+            (
+                "unknown claim twice",
+                format!(r#"{body},"x":1,"x":2}}"#).into_bytes(),
+            ),
+            (
+                "bad UTF-8 in a skipped claim",
+                [body.as_bytes(), b",\"x\":\"\xff\"}"].concat(),
+            ),
+        ];
+        for (case, claims) in cases {
+            let jws = w.sign_raw(&w.header(), &claims);
+            let err = f.attestor.attest_assertion(&jws, NOW).await.unwrap_err();
+            assert!(
+                matches!(err, AttestError::MalformedAssertion(_)),
+                "{case}: {err}"
+            );
+        }
+        // None of them spent the jti: the well-formed assertion with it still attests.
+        let jws = w.sign_raw(&w.header(), valid.as_bytes());
+        let attested = f.attestor.attest_assertion(&jws, NOW).await.unwrap();
+        assert_eq!(attested.id, w.id);
     }
 
     #[tokio::test]
