@@ -78,7 +78,8 @@ EOF
 bundle=$data/bundle.pem
 
 # Port 0: the issuer picks a free one and names it in its "listening" log line.
-BATON_RATE_LIMIT=1000000000 BATON_RATE_BURST=1000000000 BATON_TOKEN_TTL=300s \
+BATON_RATE_LIMIT=1000000000 BATON_RATE_BURST=1000000000 BATON_INTROSPECT_RATE_LIMIT=1000000000 \
+  BATON_TOKEN_TTL=300s \
   taskset -c "$SERVER_CORES" "$bin/baton" --data-dir "$data" serve \
   --listen 127.0.0.1:0 --policy "$work/policy.toml" --log-format json \
   </dev/null >/dev/null 2>"$work/server.log" &

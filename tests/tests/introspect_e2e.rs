@@ -704,3 +704,59 @@ fn admin_socket_is_owner_only() {
     assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
     assert!(!socket.exists(), "removed on shutdown");
 }
+
+#[tokio::test]
+async fn a_caller_over_its_introspection_rate_gets_429_and_others_are_unaffected() {
+    let sb = Sandbox::with_workloads(
+        &[
+            (ORDERS, "orders", "ec-p256"),
+            (PAYMENTS, "payments", "ec-p256"),
+        ],
+        POLICY,
+    );
+    let server = Server::start_with_env(
+        &sb,
+        &["--policy", "policy.toml", "--issuer-url", ISSUER_URL],
+        &[("BATON_INTROSPECT_RATE_LIMIT", "2")],
+    );
+    let bundle = sb.bundle();
+    let w = World {
+        plain: https_client(&bundle, None),
+        bundle,
+        server,
+        sb,
+    };
+    let tokens = w.mint(PAYMENTS, 3).await;
+    // Two at once is the bucket; the second drains it.
+    assert_eq!(w.introspect("payments", &tokens[0]).await["active"], true);
+    assert_eq!(w.introspect("payments", &tokens[1]).await["active"], true);
+    let payments = w.mtls("payments");
+    for path in ["/v1/introspect", "/v1/revoke"] {
+        let (status, body, headers) = w.post(&payments, path, &[("token", &tokens[2])]).await;
+        assert_eq!(status, 429, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], "slow_down", "{path}");
+        let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=2).contains(&retry), "{path}: {retry}");
+    }
+    // Refused before the token was looked at: nothing was consumed or revoked, so
+    // once the bucket refills the token is still good for its one use.
+    let metrics = w.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "baton_introspections_total{result=\"refused\",reason=\"rate_limited\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(&metrics, "baton_revocations_total{result=\"rate_limited\"}"),
+        1.0
+    );
+    // Another caller has its own bucket: orders revokes another session at once.
+    let other_session = w.mint(PAYMENTS, 1).await.remove(0);
+    assert_eq!(w.revoke("orders", &other_session).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(w.introspect("payments", &tokens[2]).await["active"], true);
+    assert_inactive(&w.introspect("payments", &other_session).await);
+}

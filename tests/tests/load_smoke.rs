@@ -75,6 +75,7 @@ fn every_issuer_mode_reports_successes_and_no_errors() {
         &[
             ("BATON_RATE_LIMIT", "1000000"),
             ("BATON_RATE_BURST", "1000000"),
+            ("BATON_INTROSPECT_RATE_LIMIT", "1000000"),
         ],
     );
     let base = format!("https://{}", server.addr);

@@ -52,6 +52,7 @@ async fn ten_rotations_under_load_fail_no_valid_token_and_revocation_is_immediat
             ("BATON_JWKS_MAX_AGE", "2s"),
             ("BATON_RATE_LIMIT", "100000"),
             ("BATON_RATE_BURST", "100000"),
+            ("BATON_INTROSPECT_RATE_LIMIT", "100000"),
         ],
     );
     let bundle = sb.bundle();

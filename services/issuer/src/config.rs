@@ -23,6 +23,7 @@ const ENV_KEYS: &[&str] = &[
     "svid_rate_limit",
     "rate_limit",
     "rate_burst",
+    "introspect_rate_limit",
     "request_timeout",
     "jwks_max_age",
     "rotation_period",
@@ -87,6 +88,10 @@ pub struct Config {
     /// Burst of token requests one caller may make above its rate.
     #[serde(default = "default_rate_burst")]
     pub rate_burst: u32,
+    /// Introspection and revocation requests per second allowed to one caller, and as
+    /// many at once.
+    #[serde(default = "default_introspect_rate_limit")]
+    pub introspect_rate_limit: u32,
     /// Longest time one request may take before it is answered 408.
     #[serde(default = "default_request_timeout", deserialize_with = "duration")]
     pub request_timeout: Duration,
@@ -139,6 +144,10 @@ fn default_svid_rate_limit() -> u32 {
 
 fn default_rate_burst() -> u32 {
     200
+}
+
+fn default_introspect_rate_limit() -> u32 {
+    crate::server::DEFAULT_INTROSPECT_RATE
 }
 
 fn default_request_timeout() -> Duration {
@@ -212,6 +221,7 @@ impl Default for Config {
             token_alg: default_token_alg(),
             rate_limit: default_rate_limit(),
             rate_burst: default_rate_burst(),
+            introspect_rate_limit: default_introspect_rate_limit(),
             request_timeout: default_request_timeout(),
             jwks_max_age: default_jwks_max_age(),
             rotation_period: default_rotation_period(),
@@ -279,6 +289,12 @@ impl Config {
             return Err(ConfigError::Range {
                 key: "rate_limit",
                 problem: "and `rate_burst` must be at least 1".to_owned(),
+            });
+        }
+        if self.introspect_rate_limit == 0 {
+            return Err(ConfigError::Range {
+                key: "introspect_rate_limit",
+                problem: "must be at least 1".to_owned(),
             });
         }
         if self.svid_rate_limit == 0 {
@@ -370,6 +386,9 @@ token_alg = "ES256"
 # Per-caller token request rate (per second) and burst.
 rate_limit = 100
 rate_burst = 200
+# Per-caller introspection and revocation rate (per second, and as many at once): a
+# callee that introspects every token it receives needs all its callers' rate.
+introspect_rate_limit = 1000
 request_timeout = "10s"
 # Cache-Control max-age of /.well-known/jwks.json.
 jwks_max_age = "5m"
@@ -468,6 +487,7 @@ mod tests {
             ("svid_ttl = \"soon\"", "svid_ttl"),
             ("svid_ttl = \"4s\"", "svid_ttl"),
             ("svid_rate_limit = 0", "svid_rate_limit"),
+            ("introspect_rate_limit = 0", "introspect_rate_limit"),
             ("listen = \"localhost\"", "listen"),
             ("lisen = \"127.0.0.1:1\"", "lisen"),
             ("issuer_url = \"http://x\"", "issuer_url"),

@@ -191,7 +191,8 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         config.jwks_max_age,
         prometheus,
     )
-    .with_enrollment(svids, config.svid_rate_limit);
+    .with_enrollment(svids, config.svid_rate_limit)
+    .with_introspect_rate_limit(config.introspect_rate_limit);
     if shared.is_some() {
         issuer_state = issuer_state.with_store_health(Arc::clone(&health));
     }

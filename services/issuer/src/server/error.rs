@@ -127,7 +127,7 @@ impl ApiError {
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::SlowDown,
             "rate_limited",
-            "this caller exceeded its token request rate; retry later",
+            "this caller exceeded its request rate for this endpoint; retry later",
         );
         e.retry_after = Some(retry_after_secs.max(1));
         e

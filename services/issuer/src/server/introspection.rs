@@ -36,6 +36,12 @@ pub(super) async fn introspect(
             return e.into_response();
         }
     };
+    if let Err(refusal) = state.check_rate(&caller.id) {
+        metrics::counter!(m::INTROSPECTIONS, "result" => "refused", "reason" => "rate_limited")
+            .increment(1);
+        audit::introspected(&caller.id, None, false, "rate_limited");
+        return refusal.into_response();
+    }
     // token_type_hint is ignored (RFC 7662 §2.1): Baton has one kind of token.
     match state
         .introspector

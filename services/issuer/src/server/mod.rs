@@ -33,7 +33,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
-pub use ratelimit::RateLimiter;
+pub use ratelimit::{DEFAULT_INTROSPECT_RATE, RateLimiter};
 
 use crate::attest::Attestor;
 use crate::introspect::Introspector;
@@ -84,6 +84,9 @@ pub struct Issuer {
     policy: Arc<PolicyStore>,
     token_ttl: Duration,
     limiter: RateLimiter,
+    /// Introspections and revocations per caller: each one costs a signature check and
+    /// a ledger write, and one authenticated identity must not take them all.
+    check_limiter: RateLimiter,
     /// `Cache-Control` of the JWKS.
     jwks_cache_control: HeaderValue,
     metrics: PrometheusHandle,
@@ -127,6 +130,7 @@ impl Issuer {
             policy,
             token_ttl,
             limiter,
+            check_limiter: RateLimiter::new(DEFAULT_INTROSPECT_RATE, DEFAULT_INTROSPECT_RATE),
             jwks_cache_control,
             metrics,
             enrollment: None,
@@ -144,6 +148,13 @@ impl Issuer {
     /// Whether the store (embedded: always; distributed: at the last check) answers.
     pub fn store_is_up(&self) -> bool {
         self.store_health.as_ref().is_none_or(|h| h.is_up())
+    }
+
+    /// Allows each caller `per_second` introspections and revocations together a
+    /// second, and as many at once (default [`DEFAULT_INTROSPECT_RATE`]).
+    pub fn with_introspect_rate_limit(mut self, per_second: u32) -> Self {
+        self.check_limiter = RateLimiter::new(per_second, per_second);
+        self
     }
 
     /// Serves `POST /v1/svid` with `issuer`, allowing each identity `per_minute`
@@ -175,9 +186,18 @@ impl Issuer {
         self.metrics.run_upkeep();
     }
 
+    /// Takes one introspection or revocation from `caller`'s bucket: 429 with
+    /// `Retry-After` when it is empty.
+    fn check_rate(&self, caller: &baton_proto::SpiffeId) -> Result<(), ApiError> {
+        self.check_limiter
+            .check(caller)
+            .map_err(|wait| ApiError::rate_limited(wait.as_secs_f64().ceil() as u64))
+    }
+
     /// Forgets idle callers' rate-limit state; call periodically.
     pub fn housekeeping(&self) {
         self.limiter.forget_idle();
+        self.check_limiter.forget_idle();
         if let Some(enrollment) = &self.enrollment {
             enrollment.limiter.forget_idle();
         }

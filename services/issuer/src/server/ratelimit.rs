@@ -10,6 +10,12 @@ use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter as Governor};
 
+/// Introspection and revocation requests per second one caller may make, and as many
+/// at once, unless configured (`introspect_rate_limit`). A callee that introspects
+/// every token it receives needs as many as all its callers' tokens together, so the
+/// default sits well above the token rate; what it bounds is one flooding identity.
+pub const DEFAULT_INTROSPECT_RATE: u32 = 1000;
+
 /// A token bucket per caller.
 pub struct RateLimiter {
     inner: Governor<SpiffeId, DefaultKeyedStateStore<SpiffeId>, DefaultClock>,

@@ -34,6 +34,11 @@ pub(super) async fn revoke(
             return e.into_response();
         }
     };
+    if let Err(refusal) = state.check_rate(&caller.id) {
+        metrics::counter!(m::REVOCATIONS, "result" => "rate_limited").increment(1);
+        audit::revocation(&caller.id, "refused", "rate_limited", None);
+        return refusal.into_response();
+    }
     // token_type_hint is ignored (RFC 7009 §2.1 allows it): Baton has one kind of token.
     match state
         .introspector
