@@ -180,8 +180,7 @@ async fn besiege(
                 }
                 // Between bytes, watch for the server's close.
                 let mut buf = [0u8; 256];
-                match tokio::time::timeout(Duration::from_millis(250), conn.read(&mut buf)).await
-                {
+                match tokio::time::timeout(Duration::from_millis(250), conn.read(&mut buf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) => {
                         closed = Some(since.elapsed());
                         break;
@@ -211,8 +210,7 @@ async fn besiege(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_half_open_and_slowloris_connections_are_closed_while_callers_keep_getting_tokens()
-{
+async fn idle_half_open_and_slowloris_connections_are_closed_while_callers_keep_getting_tokens() {
     let handshake_timeout = Duration::from_secs(4);
     let header_timeout = Duration::from_secs(4);
     let idle_timeout = Duration::from_secs(5);
@@ -306,9 +304,10 @@ async fn idle_half_open_and_slowloris_connections_are_closed_while_callers_keep_
             after + Duration::from_millis(500) >= configured && after <= configured + SLACK,
             "{kind:?} closed after {after:?}; configured {configured:?}"
         );
-        let (lo, hi, n) = worst
-            .entry(format!("{kind:?}"))
-            .or_insert((Duration::MAX, Duration::ZERO, 0));
+        let (lo, hi, n) =
+            worst
+                .entry(format!("{kind:?}"))
+                .or_insert((Duration::MAX, Duration::ZERO, 0));
         *lo = (*lo).min(after);
         *hi = (*hi).max(after);
         *n += 1;

@@ -111,7 +111,10 @@ pub struct Config {
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Longest time a client may take to finish the TLS handshake.
-    #[serde(default = "default_tls_handshake_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_tls_handshake_timeout",
+        deserialize_with = "duration"
+    )]
     pub tls_handshake_timeout: Duration,
     /// Longest time an HTTP/1.1 client may take to send a request's head (request line
     /// and headers), counted from when the issuer starts waiting for it: slowloris
@@ -695,8 +698,14 @@ mod tests {
             ("max_header_bytes = 1048577", "max_header_bytes"),
             ("max_headers = 0", "max_headers"),
             ("max_headers = 1001", "max_headers"),
-            ("http2_max_concurrent_streams = 0", "http2_max_concurrent_streams"),
-            ("http2_max_concurrent_streams = 10001", "http2_max_concurrent_streams"),
+            (
+                "http2_max_concurrent_streams = 0",
+                "http2_max_concurrent_streams",
+            ),
+            (
+                "http2_max_concurrent_streams = 10001",
+                "http2_max_concurrent_streams",
+            ),
         ] {
             let err = Config::from_toml(text, no_env()).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

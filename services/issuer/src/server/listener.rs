@@ -220,8 +220,7 @@ impl Connections {
                 };
                 metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
                 conn.inner.open.fetch_sub(1, Ordering::Relaxed);
-                metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => closed.as_str())
-                    .increment(1);
+                metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => closed.as_str()).increment(1);
                 drop(slot);
             });
         }
@@ -242,14 +241,10 @@ impl Connections {
         self.inner.open.load(Ordering::Relaxed)
     }
 
-    async fn tls(
-        &self,
-        tcp: tokio::net::TcpStream,
-        tls: TlsAcceptor,
-        app: Router,
-    ) -> Closed {
+    async fn tls(&self, tcp: tokio::net::TcpStream, tls: TlsAcceptor, app: Router) -> Closed {
         let mut stop = self.inner.stop.clone();
-        let handshake = tokio::time::timeout(self.inner.limits.tls_handshake_timeout, tls.accept(tcp));
+        let handshake =
+            tokio::time::timeout(self.inner.limits.tls_handshake_timeout, tls.accept(tcp));
         let stream = tokio::select! {
             done = handshake => match done {
                 Ok(Ok(stream)) => stream,
@@ -483,7 +478,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_connection_is_closed_at_idle_timeout_and_a_slow_head_at_header_read_timeout()
-     {
+    {
         let (addr, connections, _stop) = plain(limits()).await;
         let since = std::time::Instant::now();
         // Sends nothing: hyper waits to tell HTTP/1.1 from h2c, with no timer of its own.

@@ -397,7 +397,10 @@ mod tests {
     #[tokio::test]
     async fn a_request_over_request_timeout_is_408_json_and_counted() {
         let (_tmp, router) = router_with_timeout(10, Duration::from_millis(50));
-        let series = format!(r#"{}{{route="{TOKEN_PATH}",status="408"}}"#, m::HTTP_REQUESTS);
+        let series = format!(
+            r#"{}{{route="{TOKEN_PATH}",status="408"}}"#,
+            m::HTTP_REQUESTS
+        );
         let count = || {
             m::handle()
                 .render()
