@@ -27,6 +27,10 @@ use serde::Deserialize;
 
 use super::error::TokenError;
 
+/// Most (audience, scope) queues one pool keeps. An application that builds scopes
+/// from its input would otherwise add a queue, and up to `size` tokens, per value.
+pub(crate) const MAX_QUEUES: usize = 1024;
+
 /// What a queue is keyed on: the callee and the exact scope string asked for.
 pub(crate) type PoolKey = (SpiffeId, Option<String>);
 
@@ -35,6 +39,7 @@ pub(crate) type PoolKey = (SpiffeId, Option<String>);
 pub(crate) struct Pool {
     size: u8,
     min_remaining: i64,
+    max_queues: usize,
     slots: Mutex<HashMap<PoolKey, Arc<Slot>>>,
 }
 
@@ -68,6 +73,7 @@ impl Pool {
         Self {
             size,
             min_remaining: i64::try_from(secs).unwrap_or(i64::MAX),
+            max_queues: MAX_QUEUES,
             slots: Mutex::new(HashMap::new()),
         }
     }
@@ -85,7 +91,7 @@ impl Pool {
         F: FnOnce(u8) -> Fut,
         Fut: Future<Output = Result<Vec<String>, TokenError>>,
     {
-        let slot = self.slot(key);
+        let slot = self.slot(key, now());
         if let Some(token) = slot.pop_fresh(now(), self.min_remaining) {
             return Ok(token);
         }
@@ -114,8 +120,28 @@ impl Pool {
         Ok(first)
     }
 
-    fn slot(&self, key: PoolKey) -> Arc<Slot> {
-        Arc::clone(lock(&self.slots).entry(key).or_default())
+    /// The queue of `key`. At [`MAX_QUEUES`], queues that no caller is using and that
+    /// hold no token still fresh at `now` are forgotten first; if every queue is in use
+    /// or holds fresh tokens, `key` gets a queue of its own that is not kept, minting
+    /// one token at a time (nothing is minted only to be thrown away).
+    fn slot(&self, key: PoolKey, now: i64) -> Arc<Slot> {
+        let mut slots = lock(&self.slots);
+        if let Some(slot) = slots.get(&key) {
+            return Arc::clone(slot);
+        }
+        if slots.len() >= self.max_queues {
+            slots.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || lock(&slot.queue).iter().any(|p| self.is_fresh(p.exp, now))
+            });
+        }
+        if slots.len() >= self.max_queues {
+            return Arc::new(Slot {
+                short_lived: AtomicBool::new(true),
+                ..Slot::default()
+            });
+        }
+        Arc::clone(slots.entry(key).or_default())
     }
 
     fn is_fresh(&self, exp: i64, now: i64) -> bool {
@@ -283,6 +309,28 @@ mod tests {
         issuer.take(&pool, k.clone()).await.unwrap();
         issuer.take(&pool, k.clone()).await.unwrap();
         assert_eq!(issuer.mints(), vec![8, 1, 1, 1, 1, 8]);
+    }
+
+    #[tokio::test]
+    async fn queues_are_bounded_and_idle_or_stale_ones_are_forgotten_first() {
+        let issuer = FakeIssuer::new(60);
+        let mut pool = Pool::new(4, Duration::from_secs(10));
+        pool.max_queues = 3;
+        let scoped = |i: usize| key("spiffe://example.org/fn/payments", Some(&format!("s{i}")));
+        for i in 0..3 {
+            issuer.take(&pool, scoped(i)).await.unwrap();
+        }
+        // Every queue holds fresh tokens: a fourth scope is served, unpooled, one
+        // token at a time, and nothing is queued for it.
+        issuer.take(&pool, scoped(3)).await.unwrap();
+        assert_eq!(issuer.mints(), vec![4, 4, 4, 1]);
+        assert_eq!(pool.queued(&scoped(3)), 0);
+        assert_eq!(lock(&pool.slots).len(), 3);
+        // Once their tokens are stale, the old queues make room for new ones.
+        issuer.clock.store(NOW + 55, Ordering::SeqCst);
+        issuer.take(&pool, scoped(4)).await.unwrap();
+        assert_eq!(pool.queued(&scoped(4)), 3);
+        assert_eq!(lock(&pool.slots).len(), 1);
     }
 
     #[tokio::test]

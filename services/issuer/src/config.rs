@@ -25,6 +25,14 @@ const ENV_KEYS: &[&str] = &[
     "rate_burst",
     "introspect_rate_limit",
     "request_timeout",
+    "max_body_bytes",
+    "max_connections",
+    "tls_handshake_timeout",
+    "header_read_timeout",
+    "idle_timeout",
+    "max_header_bytes",
+    "max_headers",
+    "http2_max_concurrent_streams",
     "jwks_max_age",
     "rotation_period",
 ];
@@ -95,6 +103,37 @@ pub struct Config {
     /// Longest time one request may take before it is answered 408.
     #[serde(default = "default_request_timeout", deserialize_with = "duration")]
     pub request_timeout: Duration,
+    /// Largest request body read; a larger one is answered 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Connections open at once, both listeners together. Beyond it the issuer stops
+    /// accepting: further connections wait in the kernel's backlog, costing no memory.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Longest time a client may take to finish the TLS handshake.
+    #[serde(
+        default = "default_tls_handshake_timeout",
+        deserialize_with = "duration"
+    )]
+    pub tls_handshake_timeout: Duration,
+    /// Longest time an HTTP/1.1 client may take to send a request's head (request line
+    /// and headers), counted from when the issuer starts waiting for it: slowloris
+    /// protection, and the keep-alive bound of an HTTP/1.1 connection between requests.
+    #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Largest request head (HTTP/1.1: request line and headers; HTTP/2: the decoded
+    /// header list): 431 beyond it.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields in one HTTP/1.1 request: 431 beyond it.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Requests in progress at once on one HTTP/2 connection.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
     /// `Cache-Control: max-age` of the JWKS; verifiers refresh keys within it.
     #[serde(default = "default_jwks_max_age", deserialize_with = "duration")]
     pub jwks_max_age: Duration,
@@ -104,6 +143,11 @@ pub struct Config {
     #[serde(default = "default_rotation_period", deserialize_with = "period")]
     pub rotation_period: Option<Duration>,
 }
+
+/// Largest `max_body_bytes`.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest `max_connections`.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// Longest `rotation_period`: a key is `next` for one period and `active` for the
 /// next, and its certificate (`keyring::SIGNING_CERT_TTL`, 90 days) must cover both
@@ -152,6 +196,38 @@ fn default_introspect_rate_limit() -> u32 {
 
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_tls_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+
+fn default_http2_max_concurrent_streams() -> u32 {
+    100
 }
 
 fn default_jwks_max_age() -> Duration {
@@ -223,6 +299,14 @@ impl Default for Config {
             rate_burst: default_rate_burst(),
             introspect_rate_limit: default_introspect_rate_limit(),
             request_timeout: default_request_timeout(),
+            max_body_bytes: default_max_body_bytes(),
+            max_connections: default_max_connections(),
+            tls_handshake_timeout: default_tls_handshake_timeout(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
             jwks_max_age: default_jwks_max_age(),
             rotation_period: default_rotation_period(),
         }
@@ -309,6 +393,7 @@ impl Config {
                 problem: "must be between 1s and 300s".to_owned(),
             });
         }
+        self.validate_limits()?;
         if self.jwks_max_age.is_zero() || self.jwks_max_age > Duration::from_secs(86400) {
             return Err(ConfigError::Range {
                 key: "jwks_max_age",
@@ -330,6 +415,78 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The connection and request limits (docs/limits.md): each within a range that
+    /// keeps the issuer serving and bounds what one client can hold.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let range = |key: &'static str, ok: bool, problem: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Range {
+                    key,
+                    problem: problem.to_owned(),
+                })
+            }
+        };
+        let within = |d: Duration, min_ms: u64, max_s: u64| {
+            d >= Duration::from_millis(min_ms) && d <= Duration::from_secs(max_s)
+        };
+        range(
+            "max_body_bytes",
+            (1024..=MAX_BODY_BYTES).contains(&self.max_body_bytes),
+            "must be between 1024 and 16777216 (16 MiB)",
+        )?;
+        range(
+            "max_connections",
+            (1..=MAX_CONNECTIONS).contains(&self.max_connections),
+            "must be between 1 and 1000000",
+        )?;
+        range(
+            "tls_handshake_timeout",
+            within(self.tls_handshake_timeout, 100, 60),
+            "must be between 100ms and 60s",
+        )?;
+        range(
+            "header_read_timeout",
+            within(self.header_read_timeout, 100, 60),
+            "must be between 100ms and 60s",
+        )?;
+        range(
+            "idle_timeout",
+            within(self.idle_timeout, 100, 3600),
+            "must be between 100ms and 1h",
+        )?;
+        // hyper's HTTP/1 read buffer, which bounds the head, is at least 8 KiB.
+        range(
+            "max_header_bytes",
+            (8192..=1024 * 1024).contains(&self.max_header_bytes),
+            "must be between 8192 and 1048576 (1 MiB)",
+        )?;
+        range(
+            "max_headers",
+            (1..=1000).contains(&self.max_headers),
+            "must be between 1 and 1000",
+        )?;
+        range(
+            "http2_max_concurrent_streams",
+            (1..=10_000).contains(&self.http2_max_concurrent_streams),
+            "must be between 1 and 10000",
+        )
+    }
+
+    /// What the listeners enforce on every connection.
+    pub fn connection_limits(&self) -> crate::server::listener::Limits {
+        crate::server::listener::Limits {
+            max_connections: self.max_connections,
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+        }
     }
 
     /// The Redis URL of a distributed store (checked when the configuration loads), or
@@ -390,6 +547,25 @@ rate_burst = 200
 # callee that introspects every token it receives needs all its callers' rate.
 introspect_rate_limit = 1000
 request_timeout = "10s"
+
+# Resource limits (docs/limits.md). Largest request body (413 beyond it).
+max_body_bytes = 65536
+# Connections open at once on both listeners together; more wait in the kernel's
+# accept queue until one closes.
+max_connections = 4096
+# A client must finish its TLS handshake within tls_handshake_timeout, and send each
+# HTTP/1.1 request head within header_read_timeout (also how long a kept-alive
+# HTTP/1.1 connection may wait between requests); a connection with no request in
+# progress for idle_timeout is closed.
+tls_handshake_timeout = "10s"
+header_read_timeout = "5s"
+idle_timeout = "30s"
+# Largest request head in bytes, and most header fields (431 beyond either).
+max_header_bytes = 16384
+max_headers = 100
+# Requests in progress at once on one HTTP/2 connection.
+http2_max_concurrent_streams = 100
+
 # Cache-Control max-age of /.well-known/jwks.json.
 jwks_max_age = "5m"
 # The issuer rotates its signing key by itself this often ("off": only by
@@ -450,6 +626,13 @@ mod tests {
         assert_eq!(config.token_ttl, Duration::from_secs(30));
         let env = vec![("BATON_RATE_LIMIT".to_owned(), "7".to_owned())];
         assert_eq!(Config::from_toml("", env).unwrap().rate_limit, 7);
+        let env = vec![
+            ("BATON_MAX_CONNECTIONS".to_owned(), "8".to_owned()),
+            ("BATON_IDLE_TIMEOUT".to_owned(), "750ms".to_owned()),
+        ];
+        let limited = Config::from_toml("", env).unwrap();
+        assert_eq!(limited.max_connections, 8);
+        assert_eq!(limited.idle_timeout, Duration::from_millis(750));
     }
 
     #[test]
@@ -499,6 +682,30 @@ mod tests {
             // Shorter than a `next` key needs to reach every verifier's cache.
             ("rotation_period = \"9m\"", "rotation_period"),
             ("rotation_period = \"never\"", "rotation_period"),
+            ("max_body_bytes = 1023", "max_body_bytes"),
+            ("max_body_bytes = 16777217", "max_body_bytes"),
+            ("max_connections = 0", "max_connections"),
+            ("max_connections = 1000001", "max_connections"),
+            ("max_connections = -1", "max_connections"),
+            ("tls_handshake_timeout = \"0s\"", "tls_handshake_timeout"),
+            ("tls_handshake_timeout = \"61s\"", "tls_handshake_timeout"),
+            ("header_read_timeout = \"99ms\"", "header_read_timeout"),
+            ("header_read_timeout = \"2m\"", "header_read_timeout"),
+            ("idle_timeout = \"0s\"", "idle_timeout"),
+            ("idle_timeout = \"2h\"", "idle_timeout"),
+            // hyper refuses (panics on) an HTTP/1 buffer under 8 KiB.
+            ("max_header_bytes = 8191", "max_header_bytes"),
+            ("max_header_bytes = 1048577", "max_header_bytes"),
+            ("max_headers = 0", "max_headers"),
+            ("max_headers = 1001", "max_headers"),
+            (
+                "http2_max_concurrent_streams = 0",
+                "http2_max_concurrent_streams",
+            ),
+            (
+                "http2_max_concurrent_streams = 10001",
+                "http2_max_concurrent_streams",
+            ),
         ] {
             let err = Config::from_toml(text, no_env()).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

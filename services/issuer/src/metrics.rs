@@ -65,6 +65,16 @@ pub const SVID_DENIALS: &str = "baton_svid_denials_total";
 pub const STORE_REFUSALS: &str = "baton_store_unavailable_refusals_total";
 /// 1 while the distributed store answers, 0 while it does not (absent when embedded).
 pub const STORE_UP: &str = "baton_store_up";
+/// Connections open now, on every listener.
+pub const CONNECTIONS_OPEN: &str = "baton_connections_open";
+/// The configured `max_connections`.
+pub const CONNECTIONS_MAX: &str = "baton_connections_max";
+/// Connections ended. Label: `reason` (`listener::Closed::as_str`: `done` |
+/// `handshake_failed` | `handshake_timeout` | `header_timeout` | `idle` |
+/// `head_too_large` | `malformed` | `shutdown` | `error`).
+pub const CONNECTIONS_CLOSED: &str = "baton_connections_closed_total";
+/// Times the listeners stopped accepting because `max_connections` were open.
+pub const CONNECTION_LIMIT_WAITS: &str = "baton_connection_limit_waits_total";
 /// Outstanding join tokens revoked (`baton join-tokens revoke`).
 pub const JOIN_TOKENS_REVOKED: &str = "baton_join_tokens_revoked_total";
 
@@ -185,6 +195,35 @@ pub fn token_minted(alg: JwsAlgorithm, method: AuthMethod, took: Duration) {
     hot.issued[alg][method].increment(1);
 }
 
+/// The [`SIGNING_KEY_AGE`] samples of the keys in force, each `(kid, state, age in
+/// seconds)`, in Prometheus text format, to append to the recorder's page. Rendered
+/// per scrape rather than recorded as gauges: the recorder never forgets a label set,
+/// so every key dropped from the keyring, and every state a key has left, would stay
+/// on the page with a frozen age — wrong, and one series more per rotation, without
+/// bound.
+pub fn render_key_ages<'a>(keys: impl IntoIterator<Item = (&'a str, &'a str, f64)>) -> String {
+    use std::fmt::Write as _;
+    let mut page = format!(
+        "# HELP {SIGNING_KEY_AGE} Age of each published signing key.\n# TYPE {SIGNING_KEY_AGE} gauge\n"
+    );
+    for (kid, state, age) in keys {
+        let _ = writeln!(
+            page,
+            "{SIGNING_KEY_AGE}{{kid=\"{}\",state=\"{}\"}} {age}",
+            label_value(kid),
+            label_value(state)
+        );
+    }
+    page
+}
+
+/// A Prometheus label value, escaped (text format: backslash, quote, newline).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Installs the process-wide recorder once and returns its handle.
 pub fn handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -226,6 +265,23 @@ mod tests {
     fn sample(page: &str, series: &str) -> Option<f64> {
         page.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn key_ages_list_exactly_the_keys_given_escaped() {
+        let page = render_key_ages([("k1", "active", 12.0), ("k\"2\\", "next", 0.5)]);
+        let samples: Vec<&str> = page.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                r#"baton_signing_key_age_seconds{kid="k1",state="active"} 12"#,
+                r#"baton_signing_key_age_seconds{kid="k\"2\\",state="next"} 0.5"#,
+            ],
+            "{page}"
+        );
+        // A key no longer in force is no longer on the page.
+        let later = render_key_ages([("k3", "active", 1.0)]);
+        assert!(!later.contains("k1"), "{later}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use baton_issuer::metrics as m;
 use baton_issuer::pki::{self, DEFAULT_CA_TTL};
 use baton_issuer::policy::{Policy, PolicyStore};
 use baton_issuer::replica::{POLL_INTERVAL, ReplicaSync, StoreHealth};
+use baton_issuer::server::listener::Connections;
 use baton_issuer::server::{self, Issuer, RateLimiter};
 use baton_issuer::shared::{self, SharedStore};
 use baton_issuer::svid::SvidIssuer;
@@ -192,7 +193,8 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         prometheus,
     )
     .with_enrollment(svids, config.svid_rate_limit)
-    .with_introspect_rate_limit(config.introspect_rate_limit);
+    .with_introspect_rate_limit(config.introspect_rate_limit)
+    .with_max_body_bytes(config.max_body_bytes);
     if shared.is_some() {
         issuer_state = issuer_state.with_store_health(Arc::clone(&health));
     }
@@ -226,7 +228,6 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
 
     let (dns_names, ips) = server_names(&config, &issuer);
     let tls = server::tls::server_config(ca, &dns_names, &ips, now())?;
-    let handle = axum_server::Handle::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_path = admin_socket.path().to_owned();
     let admin_task = tokio::spawn(
@@ -239,45 +240,34 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
             stop_rx.clone(),
         ),
     );
-    // TCP_NODELAY: after a TLS 1.3 handshake rustls writes its session tickets, and
-    // with Nagle on the first response then waits for the client's delayed ACK of them
-    // (~40 ms on Linux): a stall on every fresh connection, an SDK's cold start included.
-    let tls = axum_server::tls_rustls::RustlsAcceptor::new(
-        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
-    )
-    .acceptor(axum_server::accept::NoDelayAcceptor::new());
-    let https = axum_server::from_tcp(listener)?
-        .acceptor(tls)
-        .handle(handle.clone())
-        .serve(app.clone().into_make_service());
+    // One set of connection slots for both listeners: `max_connections` bounds what
+    // the process holds, whichever way the connections came.
+    let connections = Connections::new(config.connection_limits(), stop_rx.clone());
+    let https_listener = tokio::net::TcpListener::from_std(listener)?;
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let http_addr = match &http_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
 
     // Before either listener serves. Tokens carry whole-second `iat`s and introspection
     // accepts only those after the ledger's start second: wait that second out, so this
     // issuer never mints a token that is inactive from birth.
     wait_until_after(started_at).await;
 
-    let mut http_addr = None;
-    let http = match config.http_listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            http_addr = Some(l.local_addr()?);
-            let mut stop = stop_rx.clone();
-            // As on the HTTPS listener: no Nagle delay on small responses.
-            let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            Some(tokio::spawn(async move {
-                axum::serve(l, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.changed().await;
-                    })
-                    .await
-            }))
-        }
-        None => None,
-    };
+    let https = tokio::spawn(connections.clone().serve(
+        https_listener,
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))),
+        app.clone(),
+    ));
+    let http = http_listener.map(|l| tokio::spawn(connections.clone().serve(l, None, app)));
 
     // Before "listening": a SIGTERM sent as soon as the issuer says it is up must find
     // the handler installed, not the default action (death without a graceful stop).
@@ -307,16 +297,23 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
 
     tokio::spawn(signals(
         handlers,
-        handle.clone(),
         stop_tx,
         policy,
         state,
         memory_ledger,
         keys,
     ));
+    // The accept loops end on the stop signal; then the connections finish what they
+    // have in progress, for at most GRACE.
     https.await.context("HTTPS listener failed")?;
     if let Some(http) = http {
-        http.await?.context("HTTP listener failed")?;
+        http.await.context("HTTP listener failed")?;
+    }
+    if !connections.drain(GRACE).await {
+        warn!(
+            open = connections.open(),
+            "connections still open after the grace period; closing them"
+        );
     }
     // SIGTERM already stopped the admin task; should the listeners have ended some
     // other way, stop it here. Either way it removes its socket file as it ends.
@@ -369,7 +366,6 @@ struct Signals {
 
 async fn signals(
     handlers: Signals,
-    handle: axum_server::Handle<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     policy: Arc<PolicyStore>,
     state: Arc<Issuer>,
@@ -418,7 +414,6 @@ async fn signals(
     }
     info!("shutting down");
     let _ = stop.send(true);
-    handle.graceful_shutdown(Some(GRACE));
 }
 
 fn load_config(ctx: &Context, args: &ServeArgs) -> anyhow::Result<Config> {

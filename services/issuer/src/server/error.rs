@@ -121,6 +121,20 @@ impl ApiError {
         )
     }
 
+    /// 408 `temporarily_unavailable`: the request (its body, or the issuer's work on
+    /// it) took longer than `limit`. A retry may well succeed.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::TemporarilyUnavailable,
+            "request_timeout",
+            format!(
+                "the request took longer than {} ms (a body sent too slowly, or an overloaded issuer); retry",
+                limit.as_millis()
+            ),
+        )
+    }
+
     /// 429 `slow_down` with `Retry-After`.
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         let mut e = Self::new(

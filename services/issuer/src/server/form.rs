@@ -18,29 +18,25 @@ use axum::http::StatusCode;
 use serde::de::value::{Error as DeError, MapDeserializer};
 use serde::de::{DeserializeOwned, IntoDeserializer, Visitor};
 
+use super::AppState;
 use super::error::ApiError;
-
-/// Largest request body the issuer reads. A token request with a client assertion
-/// carrying a 4-certificate `x5c` is under 12 KiB; a CSR is at most 16 KiB.
-pub(super) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A decoded form body.
 pub(super) struct ApiForm<T>(pub(super) T);
 
-impl<T, S> FromRequest<S> for ApiForm<T>
+impl<T> FromRequest<AppState> for ApiForm<T>
 where
     T: DeserializeOwned,
-    S: Send + Sync,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         // RawForm checks the content type and reads the body under the body limit.
         let RawForm(body) = RawForm::from_request(req, state)
             .await
             .map_err(|rejection| match rejection {
                 _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    ApiError::too_large(MAX_BODY_BYTES)
+                    ApiError::too_large(state.max_body_bytes)
                 }
                 RawFormRejection::InvalidFormContentType(_) => {
                     ApiError::invalid_request("the body must be application/x-www-form-urlencoded")

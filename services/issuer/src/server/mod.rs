@@ -6,6 +6,7 @@ mod client_auth;
 mod error;
 mod form;
 mod introspection;
+pub mod listener;
 mod ops;
 mod ratelimit;
 mod revocation;
@@ -30,7 +31,6 @@ use baton_proto::metadata::{
     TOKEN_PATH,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
 pub use ratelimit::{DEFAULT_INTROSPECT_RATE, RateLimiter};
@@ -94,6 +94,8 @@ pub struct Issuer {
     enrollment: Option<Enrollment>,
     /// Reachability of the distributed store; absent for the embedded one.
     store_health: Option<Arc<StoreHealth>>,
+    /// Largest request body read (413 beyond it).
+    max_body_bytes: usize,
 }
 
 /// What `POST /v1/svid` needs beside attestation: the CA and join tokens, and its own
@@ -135,7 +137,15 @@ impl Issuer {
             metrics,
             enrollment: None,
             store_health: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
+    }
+
+    /// Reads request bodies up to `bytes` (default [`DEFAULT_MAX_BODY_BYTES`]); a
+    /// larger one is answered 413.
+    pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
     }
 
     /// Fails closed while the distributed store is unreachable: every endpoint that
@@ -214,12 +224,19 @@ fn json_bytes<T: serde::Serialize>(value: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
 }
 
+/// Largest request body read unless configured (`max_body_bytes`). A token request
+/// with a client assertion carrying a 4-certificate `x5c` is under 12 KiB; a CSR is at
+/// most 16 KiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// Shared handler state.
 pub type AppState = Arc<Issuer>;
 
 /// The router, with body limit, timeout and request metrics. No listener: the
-/// caller serves it over TLS, plain HTTP, or drives it in tests with `oneshot`.
+/// caller serves it with [`listener::Connections`], or drives it in tests with
+/// `oneshot`.
 pub fn app(state: AppState, request_timeout: Duration) -> Router {
+    let body_limit = state.max_body_bytes;
     Router::new()
         .route(TOKEN_PATH, post(token::token))
         .route(SVID_PATH, post(svid::svid))
@@ -232,28 +249,46 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::not_found() })
         .with_state(Arc::clone(&state))
-        .layer(middleware::from_fn_with_state(state, front))
-        .layer(DefaultBodyLimit::max(form::MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
+        .layer(middleware::from_fn_with_state(
+            Front {
+                state,
+                request_timeout,
+            },
+            front,
         ))
+        .layer(DefaultBodyLimit::max(body_limit))
 }
 
-/// Records every request's route, status and latency, and fails closed while the
-/// distributed store is unreachable. One middleware for both: each `from_fn` layer
-/// boxes the request's future once more.
-async fn front(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// What [`front`] needs.
+#[derive(Clone)]
+struct Front {
+    state: AppState,
+    request_timeout: Duration,
+}
+
+/// Records every request's route, status and latency, bounds its time (408), and
+/// fails closed while the distributed store is unreachable. One middleware for all
+/// three: each `from_fn` layer boxes the request's future once more; and the timeout
+/// inside the metrics, so that a 408 is counted like any other answer.
+async fn front(State(front): State<Front>, req: Request, next: Next) -> Response {
     let route = m::Route::of(
         req.extensions()
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
     let start = Instant::now();
-    let response = if state.store_is_up() {
-        next.run(req).await
-    } else {
-        store_down(req, next).await
+    let answer = async {
+        if front.state.store_is_up() {
+            next.run(req).await
+        } else {
+            store_down(req, next).await
+        }
+    };
+    // The whole request: reading the body (a client that sends it slowly) and the
+    // handler. Dropping the future cancels both.
+    let response = match tokio::time::timeout(front.request_timeout, answer).await {
+        Ok(response) => response,
+        Err(_) => ApiError::request_timeout(front.request_timeout).into_response(),
     };
     m::http_request(route, response.status(), start.elapsed());
     response
@@ -293,6 +328,10 @@ mod tests {
 
     /// The router over a fresh data directory, with a ledger of `capacity` entries.
     fn router(capacity: usize) -> (tempfile::TempDir, Router) {
+        router_with_timeout(capacity, Duration::from_secs(5))
+    }
+
+    fn router_with_timeout(capacity: usize, timeout: Duration) -> (tempfile::TempDir, Router) {
         let (tmp, store, keyring) = crate::keyring::tests::keyring(JwsAlgorithm::Es256);
         let td = store.ca().trust_domain().clone();
         let deny = Arc::new(DenyList::new());
@@ -316,7 +355,7 @@ mod tests {
             Duration::from_secs(60),
             m::handle(),
         ));
-        (tmp, app(state, Duration::from_secs(5)))
+        (tmp, app(state, timeout))
     }
 
     async fn send(router: &Router, req: HttpRequest<Body>) -> (StatusCode, String, String) {
@@ -338,6 +377,50 @@ mod tests {
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Body::from(body.to_owned()))
             .unwrap()
+    }
+
+    /// A request body that never arrives: a client that stalls after its head.
+    struct Stalled;
+
+    impl axum::body::HttpBody for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_over_request_timeout_is_408_json_and_counted() {
+        let (_tmp, router) = router_with_timeout(10, Duration::from_millis(50));
+        let series = format!(
+            r#"{}{{route="{TOKEN_PATH}",status="408"}}"#,
+            m::HTTP_REQUESTS
+        );
+        let count = || {
+            m::handle()
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let before = count();
+        let req = HttpRequest::post(TOKEN_PATH)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::new(Stalled))
+            .unwrap();
+        let (status, body, cache) = send(&router, req).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["error"], "temporarily_unavailable", "{body}");
+        assert!(json["error_description"].is_string(), "{body}");
+        assert_eq!(cache, "no-store");
+        // Counted by the request metrics like any other answer.
+        assert_eq!(count(), before + 1.0);
     }
 
     #[tokio::test]

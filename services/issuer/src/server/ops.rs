@@ -34,17 +34,20 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// `GET /metrics`: Prometheus text format.
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let now = time::OffsetDateTime::now_utc();
-    for key in state.published().keyring().keys() {
+    let published = state.published();
+    let ages = published.keyring().keys().iter().map(|key| {
         let age = (now - key.created_at()).as_seconds_f64().max(0.0);
-        metrics::gauge!(m::SIGNING_KEY_AGE, "kid" => key.kid().to_owned(), "state" => key.state().as_str())
-            .set(age);
-    }
+        (key.kid(), key.state().as_str(), age)
+    });
+    let key_ages = m::render_key_ages(ages);
     state.metrics.run_upkeep();
+    let mut page = state.metrics.render();
+    page.push_str(&key_ages);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        page,
     )
 }
