@@ -35,7 +35,13 @@ const ENV_KEYS: &[&str] = &[
     "http2_max_concurrent_streams",
     "jwks_max_age",
     "rotation_period",
+    "log_format",
 ];
+
+/// `BATON_*` variables that are not configuration keys but mean something to `baton`:
+/// every other `BATON_*` variable is reported as ignored (a misspelt override would
+/// otherwise go unnoticed).
+const OTHER_ENV: &[&str] = &["BATON_DATA_DIR", "BATON_KEK_FILE", "BATON_FAILPOINT"];
 
 /// Why a configuration was refused. Each names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +148,33 @@ pub struct Config {
     /// certificate outlives its time as `next` and `active` plus its last tokens.
     #[serde(default = "default_rotation_period", deserialize_with = "period")]
     pub rotation_period: Option<Duration>,
+    /// Log format: JSON lines, text, or `auto` (text on a terminal, JSON otherwise).
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// How the issuer writes its logs (to stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON lines otherwise.
+    #[default]
+    Auto,
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line (production).
+    Json,
+}
+
+impl LogFormat {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
 }
 
 /// Largest `max_body_bytes`.
@@ -309,6 +342,7 @@ impl Default for Config {
             http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
             jwks_max_age: default_jwks_max_age(),
             rotation_period: default_rotation_period(),
+            log_format: LogFormat::Auto,
         }
     }
 }
@@ -332,6 +366,16 @@ impl Config {
                     Ok(n) => toml::Value::Integer(n),
                     Err(_) => toml::Value::String(value),
                 };
+                // Alone first, so that a bad value names the variable that set it.
+                let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
+                let alone =
+                    toml::to_string(&alone).map_err(|e| ConfigError::Parse(e.to_string()))?;
+                if let Err(e) = toml::from_str::<Config>(&alone) {
+                    return Err(ConfigError::Parse(format!(
+                        "{} (from the environment variable {name})",
+                        describe(&e, &alone)
+                    )));
+                }
                 table.insert(key, value);
             }
         }
@@ -509,6 +553,88 @@ impl Config {
         }
     }
 
+    /// Every setting in force, as a configuration file that loads back to the same
+    /// settings (the issuer URL resolved, a store password shown as `***`): what
+    /// `baton serve --check-config` prints.
+    pub fn to_toml(&self) -> String {
+        let duration = |d: Duration| format!("{:?}", humantime::format_duration(d).to_string());
+        let mut lines = vec![
+            format!("listen = \"{}\"", self.listen),
+            match self.http_listen {
+                Some(addr) => format!("http_listen = \"{addr}\""),
+                None => "# http_listen: off".to_owned(),
+            },
+            format!("issuer_url = {:?}", self.issuer()),
+            // Never a password: the URL as the logs show it.
+            match self.redis_url() {
+                Some(url) => format!("store = {:?}", crate::shared::redact(url)),
+                None => format!("store = {:?}", self.store),
+            },
+            match &self.policy {
+                Some(path) => format!("policy = {:?}", path.display().to_string()),
+                None => "# policy: none (every token request is denied)".to_owned(),
+            },
+        ];
+        lines.extend([
+            format!("token_ttl = {}", duration(self.token_ttl)),
+            format!("token_alg = \"{}\"", self.token_alg),
+            format!("svid_ttl = {}", duration(self.svid_ttl)),
+            format!("svid_rate_limit = {}", self.svid_rate_limit),
+            format!("rate_limit = {}", self.rate_limit),
+            format!("rate_burst = {}", self.rate_burst),
+            format!("introspect_rate_limit = {}", self.introspect_rate_limit),
+            format!("request_timeout = {}", duration(self.request_timeout)),
+            format!("max_body_bytes = {}", self.max_body_bytes),
+            format!("max_connections = {}", self.max_connections),
+            format!(
+                "tls_handshake_timeout = {}",
+                duration(self.tls_handshake_timeout)
+            ),
+            format!(
+                "header_read_timeout = {}",
+                duration(self.header_read_timeout)
+            ),
+            format!("idle_timeout = {}", duration(self.idle_timeout)),
+            format!("max_header_bytes = {}", self.max_header_bytes),
+            format!("max_headers = {}", self.max_headers),
+            format!(
+                "http2_max_concurrent_streams = {}",
+                self.http2_max_concurrent_streams
+            ),
+            format!("jwks_max_age = {}", duration(self.jwks_max_age)),
+            match self.rotation_period {
+                Some(period) => format!("rotation_period = {}", duration(period)),
+                None => "rotation_period = \"off\"".to_owned(),
+            },
+            format!("log_format = \"{}\"", self.log_format.as_str()),
+        ]);
+        let mut text = lines.join("\n");
+        text.push('\n');
+        text
+    }
+
+    /// The `BATON_*` variables of `env` that are neither a configuration key nor one of
+    /// `baton`'s other variables: ignored, and worth a warning (a misspelt override).
+    pub fn unknown_env(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+        let mut unknown: Vec<String> = env
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| {
+                name.strip_prefix("BATON_").is_some_and(|key| {
+                    !ENV_KEYS.contains(&key.to_ascii_lowercase().as_str())
+                        && !OTHER_ENV.contains(&name.as_str())
+                })
+            })
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
+    /// Every configuration key, in the order of the file `baton init` writes.
+    pub fn keys() -> &'static [&'static str] {
+        ENV_KEYS
+    }
+
     /// The commented configuration file `baton init` writes.
     pub fn default_file() -> String {
         format!(
@@ -571,6 +697,10 @@ jwks_max_age = "5m"
 # The issuer rotates its signing key by itself this often ("off": only by
 # `baton keys rotate`); between twice jwks_max_age and 40days.
 rotation_period = "30days"
+
+# Logs go to stderr: "json" (one object per line), "text", or "auto" (text on a
+# terminal, JSON otherwise). RUST_LOG filters them (default "info").
+log_format = "auto"
 "#,
             listen = default_listen(),
             token = DEFAULT_TOKEN_TTL_SECS,
@@ -662,6 +792,110 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_round_trips_through_to_toml() {
+        let text = r#"
+            listen = "10.0.0.7:9443"
+            http_listen = "127.0.0.1:8080"
+            issuer_url = "https://baton.example.org"
+            store = "redis://10.0.0.5:6379/2"
+            policy = "/etc/baton/policy.toml"
+            token_ttl = "90s"
+            token_alg = "EdDSA"
+            svid_ttl = "12h"
+            svid_rate_limit = 7
+            rate_limit = 11
+            rate_burst = 13
+            introspect_rate_limit = 17
+            request_timeout = "9s"
+            max_body_bytes = 4096
+            max_connections = 19
+            tls_handshake_timeout = "3s"
+            header_read_timeout = "4s"
+            idle_timeout = "5m"
+            max_header_bytes = 9000
+            max_headers = 23
+            http2_max_concurrent_streams = 29
+            jwks_max_age = "2m"
+            rotation_period = "10days"
+            log_format = "json"
+        "#;
+        let config = Config::from_toml(text, no_env()).unwrap();
+        assert_ne!(config, Config::default());
+        let rendered = config.to_toml();
+        assert_eq!(Config::from_toml(&rendered, no_env()).unwrap(), config);
+        // Each key once, so the example above really set every one.
+        for key in Config::keys() {
+            let set = rendered
+                .lines()
+                .filter(|l| l.starts_with(&format!("{key} = ")));
+            assert_eq!(set.count(), 1, "{key} in\n{rendered}");
+            assert!(text.contains(&format!("{key} = ")), "{key} not exercised");
+        }
+        let defaults = Config::default();
+        let mut rendered = Config::from_toml(&defaults.to_toml(), no_env()).unwrap();
+        rendered.issuer_url = None;
+        assert_eq!(rendered, defaults);
+        let off = Config::from_toml("rotation_period = \"off\"", no_env()).unwrap();
+        assert_eq!(
+            Config::from_toml(&off.to_toml(), no_env())
+                .unwrap()
+                .rotation_period,
+            None
+        );
+    }
+
+    #[test]
+    fn the_init_file_names_every_key() {
+        let file = Config::default_file();
+        for key in Config::keys() {
+            assert!(
+                file.lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} = "))),
+                "{key} is missing from the file `baton init` writes"
+            );
+        }
+    }
+
+    #[test]
+    fn the_printed_store_hides_its_password() {
+        let config =
+            Config::from_toml("store = \"redis://:hunter2@10.0.0.5:6379\"", no_env()).unwrap();
+        assert!(
+            !config.to_toml().contains("hunter2"),
+            "{}",
+            config.to_toml()
+        );
+    }
+
+    #[test]
+    fn misspelt_overrides_are_reported() {
+        let env = [
+            ("BATON_TOKEN_TTL", "30s"),
+            ("BATON_TOKEN_TL", "30s"),
+            ("BATON_KEK_FILE", "/k"),
+            ("BATON_DATA_DIR", "/d"),
+            ("BATON_LOG_FORMAT", "json"),
+            ("HOME", "/root"),
+            ("BATON_RATELIMIT", "5"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            Config::unknown_env(env.clone()),
+            ["BATON_RATELIMIT", "BATON_TOKEN_TL"]
+        );
+        let config = Config::from_toml("", env).unwrap();
+        assert_eq!(config.token_ttl, Duration::from_secs(30));
+        assert_eq!(config.log_format, LogFormat::Json);
+        let err = Config::from_toml("", [("BATON_TOKEN_TTL".to_owned(), "soon".to_owned())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("token_ttl") && err.contains("BATON_TOKEN_TTL"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             ("token_ttl = \"301s\"", "token_ttl"),
@@ -676,6 +910,7 @@ mod tests {
             ("issuer_url = \"http://x\"", "issuer_url"),
             ("store = \"memcached://127.0.0.1\"", "store"),
             ("token_alg = \"HS256\"", "token_alg"),
+            ("log_format = \"xml\"", "log_format"),
             ("rate_limit = 0", "rate_limit"),
             // Beyond what a 90-day signing certificate covers as `next` then `active`.
             ("rotation_period = \"41days\"", "rotation_period"),

@@ -135,6 +135,15 @@ pub struct Initialized {
     pub dev_kek: bool,
 }
 
+/// A data directory made by [`DataDir::init_from`], opened.
+#[derive(Debug)]
+pub struct Replicated {
+    /// The opened store.
+    pub store: OpenDataDir,
+    /// Whether the seed was copied now (`false`: the directory already was a replica).
+    pub copied: bool,
+}
+
 /// An opened data directory: KEK loaded, CA unsealed.
 #[derive(Debug)]
 pub struct OpenDataDir {
@@ -306,6 +315,113 @@ impl DataDir {
         })
     }
 
+    /// Makes this data directory a replica of `seed`'s trust domain: the same CA
+    /// certificate, sealed CA key and configuration (and, with the dev KEK, that KEK),
+    /// for another issuer replica of a distributed store (docs/distributed.md). The
+    /// seed may be read-only — a Kubernetes Secret and ConfigMap mounted together, say —
+    /// and only needs those files. The sealed key must open under `kek_source` and
+    /// match the bundle's issuing CA before anything is written; the copy appears whole
+    /// or not at all, as with [`DataDir::init`].
+    ///
+    /// Idempotent for restarts: when this directory already holds the seed's trust
+    /// bundle it is opened as it is (`Ok` with `copied: false`); any other existing
+    /// content is refused.
+    pub fn init_from(
+        &self,
+        seed: &DataDir,
+        kek_source: &KekSource,
+    ) -> Result<Replicated, DataDirError> {
+        let read = |path: PathBuf, limit: u64| {
+            fsio::read_bounded(&path, limit).map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    DataDirError::NotInitialized {
+                        path: seed.root.clone(),
+                    }
+                } else {
+                    io_err(&path)(e)
+                }
+            })
+        };
+        let bundle = read(seed.bundle_path(), MAX_BUNDLE_BYTES)?;
+        if self.exists() {
+            let own = self.bundle_path();
+            let mine = fsio::read_bounded(&own, MAX_BUNDLE_BYTES).map_err(io_err(&own))?;
+            if mine != bundle {
+                return Err(DataDirError::Malformed {
+                    path: self.root.clone(),
+                    reason: format!(
+                        "already holds another trust bundle than {}; refusing to overwrite it",
+                        seed.bundle_path().display()
+                    ),
+                });
+            }
+            let store = self.open(kek_source)?;
+            return Ok(Replicated {
+                store,
+                copied: false,
+            });
+        }
+        if std::fs::read_dir(&self.root).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(DataDirError::AlreadyInitialized {
+                path: self.root.clone(),
+            });
+        }
+        let sealed_path = seed.root.join(CA_KEY);
+        let sealed = read(sealed_path.clone(), MAX_BUNDLE_BYTES)?;
+        let config = match fsio::read_bounded(&seed.config_path(), MAX_BUNDLE_BYTES) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&seed.config_path())(e)),
+        };
+        let kek_path = match kek_source {
+            KekSource::File(path) => path.clone(),
+            KekSource::Dev => seed.dev_kek_path(),
+        };
+        if *kek_source == KekSource::Dev && !kek_path.exists() {
+            return Err(DataDirError::KekMissing { path: kek_path });
+        }
+        let dev_kek = (*kek_source == KekSource::Dev).then_some(&kek_path);
+        // Check before writing: the key opens under this KEK and is the bundle's CA's.
+        let kek = Kek::load(&kek_path)?;
+        let key = kek.open_file(&sealed_path, CA_KEY_PURPOSE)?;
+        let certs = pki::pem_certificates(&bundle).map_err(|reason| DataDirError::Malformed {
+            path: seed.bundle_path(),
+            reason: reason.to_string(),
+        })?;
+        CertificateAuthority::from_parts(&certs[0], &key)?;
+
+        let staging = self.staging_path()?;
+        let result = (|| {
+            fsio::create_private_dir(&staging).map_err(io_err(&staging))?;
+            let write = |name: &str, bytes: &[u8], mode: Mode| {
+                let path = staging.join(name);
+                fsio::write_atomic(&path, bytes, mode).map_err(io_err(&path))
+            };
+            write(BUNDLE, &bundle, Mode::Public)?;
+            write(CA_KEY, &sealed, Mode::Private)?;
+            if let Some(config) = &config {
+                write(CONFIG, config, Mode::Public)?;
+            }
+            if let Some(path) = dev_kek {
+                let bytes = zeroize::Zeroizing::new(
+                    fsio::read_bounded(path, MAX_BUNDLE_BYTES).map_err(io_err(path))?,
+                );
+                write(DEV_KEK, &bytes, Mode::Private)?;
+            }
+            std::fs::rename(&staging, &self.root).map_err(io_err(&self.root))?;
+            fsio::sync_dir(fsio::parent_dir(&self.root)).map_err(io_err(&self.root))
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        let store = self.open(kek_source)?;
+        Ok(Replicated {
+            store,
+            copied: true,
+        })
+    }
+
     fn staging_path(&self) -> Result<PathBuf, DataDirError> {
         let name = self
             .root
@@ -447,6 +563,97 @@ mod tests {
         assert_eq!(opened.ca().trust_domain(), &td());
         // Nothing but the data directory is left in the parent.
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_replica_copies_the_trust_domain_once_and_only_under_the_right_kek() {
+        let tmp = tempfile::tempdir().unwrap();
+        let primary = tmp.path().join("primary");
+        let made = init_dev(&primary);
+        // The seed as a Kubernetes Secret + ConfigMap would hold it: three files, in a
+        // directory that is not a data directory of its own (no KEK, not 0700).
+        let seed = tmp.path().join("seed");
+        fs::create_dir(&seed).unwrap();
+        for name in [BUNDLE, CA_KEY, CONFIG] {
+            fs::copy(primary.join(name), seed.join(name)).unwrap();
+        }
+        let kek = primary.join(DEV_KEK);
+        let replica = DataDir::new(tmp.path().join("replica"));
+
+        // Under another KEK the sealed key does not open: refused, nothing written.
+        let other = tmp.path().join("other-kek");
+        fs::write(&other, [9u8; 32]).unwrap();
+        fs::set_permissions(&other, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = replica
+            .init_from(&DataDir::new(&seed), &KekSource::File(other))
+            .unwrap_err();
+        assert!(matches!(err, DataDirError::Seal(_)), "{err}");
+        assert!(!replica.root().exists());
+        // The dev KEK lives with the primary, not in this seed: named as missing.
+        let err = replica
+            .init_from(&DataDir::new(&seed), &KekSource::Dev)
+            .unwrap_err();
+        assert!(matches!(err, DataDirError::KekMissing { .. }), "{err}");
+
+        let source = KekSource::File(kek.clone());
+        let copy = replica.init_from(&DataDir::new(&seed), &source).unwrap();
+        assert!(copy.copied);
+        assert_eq!(copy.store.ca().cert_der(), made.store.ca().cert_der());
+        assert_eq!(
+            fs::metadata(replica.root()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(replica.root().join(CA_KEY))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert!(!replica.root().join(DEV_KEK).exists());
+        // Again (a restarted pod): nothing to do.
+        let again = replica.init_from(&DataDir::new(&seed), &source).unwrap();
+        assert!(!again.copied);
+        // Another trust domain's seed over it: refused, the replica unchanged.
+        let stranger = tmp.path().join("stranger");
+        init_dev(&stranger);
+        let err = replica
+            .init_from(
+                &DataDir::new(&stranger),
+                &KekSource::File(stranger.join(DEV_KEK)),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("another trust bundle"), "{err}");
+        assert_eq!(
+            fs::read(replica.root().join(BUNDLE)).unwrap(),
+            fs::read(primary.join(BUNDLE)).unwrap()
+        );
+        // A dev replica of a dev data directory takes its KEK along.
+        let dev = DataDir::new(tmp.path().join("dev-replica"));
+        dev.init_from(&DataDir::new(&primary), &KekSource::Dev)
+            .unwrap();
+        assert_eq!(
+            fs::read(dev.dev_kek_path()).unwrap(),
+            fs::read(&kek).unwrap()
+        );
+        // Nothing half-made is left beside them.
+        let mut names: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "dev-replica",
+                "other-kek",
+                "primary",
+                "replica",
+                "seed",
+                "stranger"
+            ]
+        );
     }
 
     #[test]

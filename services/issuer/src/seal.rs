@@ -8,7 +8,7 @@
 //! as corruption.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -39,9 +39,9 @@ pub enum SealError {
         /// The I/O error.
         source: io::Error,
     },
-    /// The KEK file is readable by others than its owner.
+    /// The KEK file is readable by others than its owner (see [`Kek::load`]).
     #[error(
-        "the key-encryption key {path} is readable by group or others (mode {mode:o}); run `chmod 600` on it"
+        "the key-encryption key {path} is readable by group or others (mode {mode:o}); run `chmod 600` on it (or, owned by root, at most 0640)"
     )]
     KekPermissions {
         /// The KEK file.
@@ -115,17 +115,19 @@ impl Kek {
     }
 
     /// Loads a KEK file: 32 raw bytes, or their base64 (standard or URL-safe, padded or
-    /// not) with optional surrounding white space. The file must be private (0600).
+    /// not) with optional surrounding white space. The file must be private: owned by
+    /// this user and unreadable by group and others (0600 or less), or owned by root and
+    /// readable by at most its group (0640 or less) — PostgreSQL's rule for its key
+    /// files, which admits a Kubernetes Secret mounted `defaultMode: 0440` for the pod's
+    /// `fsGroup`, and nothing wider.
     pub fn load(path: &Path) -> Result<Self, SealError> {
         let unreadable = |source| SealError::KekUnreadable {
             path: path.to_owned(),
             source,
         };
-        let mode = std::fs::metadata(path)
-            .map_err(unreadable)?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
+        let mode = meta.permissions().mode();
+        if !private_enough(mode, meta.uid(), rustix::process::geteuid().as_raw()) {
             return Err(SealError::KekPermissions {
                 path: path.to_owned(),
                 mode: mode & 0o777,
@@ -304,6 +306,18 @@ struct Envelope {
     ciphertext: String,
 }
 
+/// Whether a KEK file of `mode`, owned by `owner`, is private enough for a process
+/// running as `euid` (see [`Kek::load`]).
+fn private_enough(mode: u32, owner: u32, euid: u32) -> bool {
+    let mode = mode & 0o777;
+    if mode & 0o077 == 0 {
+        return true;
+    }
+    // Root's file, shared with one group read-only: the group is the deployment's
+    // choice (fsGroup); nobody else may read, and no one but root may write.
+    owner == 0 && euid != 0 && mode & 0o037 == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +379,27 @@ mod tests {
             let err = kek.open(path, "p", bad).unwrap_err();
             assert!(matches!(err, SealError::Corrupt { .. }), "{err}");
         }
+    }
+
+    #[test]
+    fn kek_file_privacy_is_postgres_rule() {
+        let (me, root) = (1000, 0);
+        // The owner's own file: nothing for group or others.
+        assert!(private_enough(0o100600, me, me));
+        assert!(private_enough(0o400, me, me));
+        assert!(!private_enough(0o640, me, me));
+        assert!(!private_enough(0o604, me, me));
+        // Root's file: one group may read (a Secret mounted 0440 for the fsGroup) ...
+        assert!(private_enough(0o440, root, me));
+        assert!(private_enough(0o640, root, me));
+        // ... but not write, and others may not read.
+        assert!(!private_enough(0o660, root, me));
+        assert!(!private_enough(0o444, root, me));
+        assert!(!private_enough(0o641, root, me));
+        // Running as root, root's file is the owner's own: the strict rule.
+        assert!(!private_enough(0o640, root, root));
+        // Another user's file shared with a group: refused.
+        assert!(!private_enough(0o440, 1001, me));
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! `baton init --trust-domain TD`
+//! `baton init --trust-domain TD`, and `baton init --from SEED` for a replica.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use baton_issuer::datadir::KekSource;
+use baton_issuer::datadir::{DataDir, KekSource};
 use baton_issuer::pki::DEFAULT_CA_TTL;
 use baton_proto::TrustDomain;
 use clap::Args;
@@ -14,25 +15,103 @@ use super::{Context, now, print_json, rfc3339};
 #[derive(Debug, Args)]
 pub(super) struct InitArgs {
     /// Trust domain name, e.g. `example.org` (lower case, no scheme).
-    #[arg(long)]
-    trust_domain: TrustDomain,
+    #[arg(long, required_unless_present = "from")]
+    trust_domain: Option<TrustDomain>,
     /// Lifetime of the root CA.
-    #[arg(long, default_value_t = humantime::Duration::from(DEFAULT_CA_TTL))]
+    #[arg(long, default_value_t = humantime::Duration::from(DEFAULT_CA_TTL), conflicts_with = "from")]
     ca_ttl: humantime::Duration,
+    /// Make a replica's data directory from an existing one (or from its files
+    /// `bundle.pem`, `ca.key.sealed` and optionally `config.toml`, e.g. a mounted
+    /// Secret): the same trust domain for another issuer replica of a shared store. The
+    /// sealed CA key must open under the KEK in use. Done already: nothing to do.
+    #[arg(long, value_name = "DIR", conflicts_with = "trust_domain")]
+    from: Option<PathBuf>,
+    /// Succeed without changing anything when the data directory already holds this
+    /// trust domain (for start-up scripts that run on every start).
+    #[arg(long)]
+    if_missing: bool,
     /// Print what was created as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub(super) fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<()> {
-    let ca_ttl: Duration = args.ca_ttl.into();
     let root = ctx.data_dir.root();
+    let bundle = ctx.data_dir.bundle_path();
+    let dev_kek = ctx.kek == KekSource::Dev;
+    if let Some(seed) = &args.from {
+        let made = ctx
+            .data_dir
+            .init_from(&DataDir::new(seed), &ctx.kek)
+            .with_context(|| {
+                format!(
+                    "cannot make {} a replica of {}",
+                    root.display(),
+                    seed.display()
+                )
+            })?;
+        let ca = made.store.ca();
+        if args.json {
+            return print_json(&json!({
+                "trust_domain": ca.trust_domain(),
+                "data_dir": root,
+                "bundle": bundle,
+                "kek": if dev_kek { "dev" } else { "file" },
+                "ca_expires_at": ca.not_after().unix_timestamp(),
+                "from": seed,
+                "copied": made.copied,
+            }));
+        }
+        let verb = if made.copied {
+            "Copied"
+        } else {
+            "Already holds"
+        };
+        println!(
+            "{verb} trust domain {} from {} in {}",
+            ca.trust_domain(),
+            seed.display(),
+            root.display()
+        );
+        return Ok(());
+    }
+    let Some(trust_domain) = &args.trust_domain else {
+        anyhow::bail!("--trust-domain or --from is required");
+    };
+    if args.if_missing && ctx.data_dir.exists() {
+        let store = ctx
+            .data_dir
+            .open(&ctx.kek)
+            .with_context(|| format!("cannot open {}", root.display()))?;
+        let existing = store.ca().trust_domain();
+        if existing != trust_domain {
+            anyhow::bail!(
+                "{} already holds trust domain {existing}, not {trust_domain}",
+                root.display()
+            );
+        }
+        if args.json {
+            return print_json(&json!({
+                "trust_domain": existing,
+                "data_dir": root,
+                "bundle": bundle,
+                "kek": if dev_kek { "dev" } else { "file" },
+                "ca_expires_at": store.ca().not_after().unix_timestamp(),
+                "created": false,
+            }));
+        }
+        println!(
+            "{} already holds trust domain {existing}; nothing to do",
+            root.display()
+        );
+        return Ok(());
+    }
+    let ca_ttl: Duration = args.ca_ttl.into();
     let made = ctx
         .data_dir
-        .init(&args.trust_domain, &ctx.kek, ca_ttl, now())
+        .init(trust_domain, &ctx.kek, ca_ttl, now())
         .with_context(|| format!("cannot initialize {}", root.display()))?;
     let ca = made.store.ca();
-    let bundle = ctx.data_dir.bundle_path();
     if args.json {
         return print_json(&json!({
             "trust_domain": ca.trust_domain(),
@@ -40,6 +119,7 @@ pub(super) fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<()> {
             "bundle": bundle,
             "kek": if made.dev_kek { "dev" } else { "file" },
             "ca_expires_at": ca.not_after().unix_timestamp(),
+            "created": true,
         }));
     }
     println!(

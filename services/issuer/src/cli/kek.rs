@@ -67,7 +67,7 @@ struct VerifyArgs {
 
 pub(super) fn run(ctx: &Context, args: KekArgs) -> anyhow::Result<()> {
     // Recovery notices and the rotation's audit event go to stderr.
-    serve::init_logging(None);
+    serve::init_logging(baton_issuer::config::LogFormat::Auto);
     match args.command {
         KekCommand::Rotate(args) => rotate(ctx, args),
         KekCommand::Verify(args) => verify(ctx, args),

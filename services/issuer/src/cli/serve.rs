@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use baton_issuer::admin::{self, AdminOps, AdminSocket};
 use baton_issuer::attest::Attestor;
-use baton_issuer::config::Config;
+use baton_issuer::config::{Config, LogFormat};
 use baton_issuer::deny::DenyStore;
 use baton_issuer::introspect::Introspector;
 use baton_issuer::join_token::JoinTokens;
@@ -60,27 +60,98 @@ pub(super) struct ServeArgs {
     /// State store [default: embedded].
     #[arg(long)]
     store: Option<String>,
-    /// Log format [default: text on a terminal, json otherwise].
-    #[arg(long, value_enum, env = "BATON_LOG_FORMAT")]
-    log_format: Option<LogFormat>,
+    /// Log format [default: auto: text on a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFlag>,
+    /// Check the configuration (file, BATON_* variables, flags), the policy file, and
+    /// that the data directory opens under the KEK; print every setting in force and
+    /// exit 0, or exit 1 naming what is wrong. Starts nothing, contacts no store.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub(super) enum LogFormat {
+enum LogFlag {
+    Auto,
     Text,
     Json,
 }
 
 pub(super) fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    if args.check_config {
+        return check_config(ctx, &args);
+    }
+    let config = load_config(ctx, &args)?;
+    init_logging(config.log_format);
+    for name in Config::unknown_env(std::env::vars()) {
+        warn!(variable = %name, "environment variable is not a Baton setting; ignored");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(ctx, args))
+    runtime.block_on(serve(ctx, config))
 }
 
-async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
+/// `serve --check-config`: everything `serve` reads before it binds, checked the same
+/// way, with nothing started and no state changed.
+fn check_config(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
+    let config = load_config(ctx, args)?;
+    let root = ctx.data_dir.root();
+    if !ctx.data_dir.exists() {
+        bail!(
+            "{} is not a Baton data directory: `baton init --trust-domain TD` (or `--from SEED`) makes one",
+            root.display()
+        );
+    }
+    let store = ctx
+        .data_dir
+        .open(&ctx.kek)
+        .with_context(|| format!("cannot open {}", root.display()))?;
+    let td = store.ca().trust_domain().clone();
+    let rules = match &config.policy {
+        Some(path) => {
+            PolicyStore::load(path.clone(), Some(td.clone()))
+                .with_context(|| format!("policy {}", path.display()))?
+                .current()
+                .summary()
+                .rules
+        }
+        None => 0,
+    };
+    let keys = match config.redis_url() {
+        Some(_) => "in the shared store (not contacted)".to_owned(),
+        None => {
+            match Keyring::current(Home::Files(&store)).context("the data directory's keyring")? {
+                Some(keyring) => format!("{} sealed, all open", keyring.keys().len()),
+                None => "none yet (the first `serve` makes them)".to_owned(),
+            }
+        }
+    };
+    let kek = match &ctx.kek {
+        baton_issuer::datadir::KekSource::File(path) => {
+            format!("{} (BATON_KEK_FILE)", path.display())
+        }
+        baton_issuer::datadir::KekSource::Dev => format!("{}/kek (dev)", root.display()),
+    };
+    let mut report = format!(
+        "# baton serve --check-config: OK\n# data directory {} (trust domain {td}), KEK {kek}\n# signing keys: {keys}\n",
+        root.display()
+    );
+    match &config.policy {
+        Some(path) => report += &format!("# policy {}: {rules} rules\n", path.display()),
+        None => report += "# no policy: every token request will be denied\n",
+    }
+    for name in Config::unknown_env(std::env::vars()) {
+        report += &format!("# warning: {name} is not a Baton setting; ignored\n");
+    }
+    report += &config.to_toml();
+    // A closed pipe (`| head`) is an error to report, not a panic.
+    std::io::Write::write_all(&mut std::io::stdout().lock(), report.as_bytes())
+        .context("cannot write the report")
+}
+
+async fn serve(ctx: &Context, config: Config) -> anyhow::Result<()> {
     // Before any metric is recorded: values set while no recorder is installed are lost.
     let prometheus = m::handle();
     let fresh = !ctx.data_dir.exists();
@@ -98,7 +169,7 @@ async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     // Held for the issuer's whole life: no `baton kek rotate` starts under it.
     let _data_lock = ctx.data_dir.lock_shared()?;
     let store = Arc::new(ctx.data_dir.open(&ctx.kek)?);
-    let mut config = load_config(ctx, &args)?;
+    let mut config = config;
     // First, so a second issuer on the same data directory stops here, before it
     // touches the keyring.
     let admin_socket = AdminSocket::bind(ctx.data_dir.admin_socket_path())?;
@@ -443,6 +514,17 @@ fn load_config(ctx: &Context, args: &ServeArgs) -> anyhow::Result<Config> {
         "policy",
         args.policy.as_ref().map(|p| p.display().to_string()),
     );
+    flag(
+        "log_format",
+        args.log_format.map(|f| {
+            match f {
+                LogFlag::Auto => "auto",
+                LogFlag::Text => "text",
+                LogFlag::Json => "json",
+            }
+            .to_owned()
+        }),
+    );
     let config = Config::from_toml(&text, std::env::vars().chain(flags))
         .with_context(|| format!("{}", path.display()))?;
     if let Some(p) = &config.policy
@@ -476,14 +558,14 @@ fn server_names(config: &Config, issuer: &str) -> (Vec<String>, Vec<IpAddr>) {
     (dns, ips)
 }
 
-pub(super) fn init_logging(format: Option<LogFormat>) {
+pub(super) fn init_logging(format: LogFormat) {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
-        Some(LogFormat::Json) => true,
-        Some(LogFormat::Text) => false,
-        None => !std::io::stderr().is_terminal(),
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
