@@ -41,7 +41,12 @@ const ENV_KEYS: &[&str] = &[
 /// `BATON_*` variables that are not configuration keys but mean something to `baton`:
 /// every other `BATON_*` variable is reported as ignored (a misspelt override would
 /// otherwise go unnoticed).
-const OTHER_ENV: &[&str] = &["BATON_DATA_DIR", "BATON_KEK_FILE", "BATON_FAILPOINT"];
+const OTHER_ENV: &[&str] = &[
+    "BATON_DATA_DIR",
+    "BATON_KEK_FILE",
+    "BATON_INIT_FROM",
+    "BATON_FAILPOINT",
+];
 
 /// Why a configuration was refused. Each names the offending key.
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use baton_issuer::admin::{self, AdminOps, AdminSocket};
 use baton_issuer::attest::Attestor;
 use baton_issuer::config::{Config, LogFormat};
+use baton_issuer::datadir::DataDir;
 use baton_issuer::deny::DenyStore;
 use baton_issuer::introspect::Introspector;
 use baton_issuer::join_token::JoinTokens;
@@ -63,6 +64,11 @@ pub(super) struct ServeArgs {
     /// Log format [default: auto: text on a terminal, json otherwise].
     #[arg(long, value_enum)]
     log_format: Option<LogFlag>,
+    /// When the data directory does not exist, make it a replica of this one (as
+    /// `baton init --from` does) instead of a dev trust domain: for containers whose
+    /// data directory is a fresh tmpfs or emptyDir at every start.
+    #[arg(long, value_name = "SEED", env = "BATON_INIT_FROM")]
+    init_from: Option<PathBuf>,
     /// Check the configuration (file, BATON_* variables, flags), the policy file, and
     /// that the data directory opens under the KEK; print every setting in force and
     /// exit 0, or exit 1 naming what is wrong. Starts nothing, contacts no store.
@@ -81,8 +87,23 @@ pub(super) fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     if args.check_config {
         return check_config(ctx, &args);
     }
-    let config = load_config(ctx, &args)?;
+    let seed = args.init_from.as_ref().filter(|_| !ctx.data_dir.exists());
+    if let Some(seed) = seed {
+        ctx.data_dir
+            .init_from(&DataDir::new(seed), &ctx.kek)
+            .with_context(|| {
+                format!(
+                    "cannot make {} a replica of {}",
+                    ctx.data_dir.root().display(),
+                    seed.display()
+                )
+            })?;
+    }
+    let config = load_config(&args, &ctx.data_dir)?;
     init_logging(config.log_format);
+    if let Some(seed) = seed {
+        info!(data_dir = %ctx.data_dir.root().display(), seed = %seed.display(), "data directory made from the seed");
+    }
     for name in Config::unknown_env(std::env::vars()) {
         warn!(variable = %name, "environment variable is not a Baton setting; ignored");
     }
@@ -96,16 +117,22 @@ pub(super) fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
 /// `serve --check-config`: everything `serve` reads before it binds, checked the same
 /// way, with nothing started and no state changed.
 fn check_config(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
-    let config = load_config(ctx, args)?;
-    let root = ctx.data_dir.root();
-    if !ctx.data_dir.exists() {
+    let seed = args.init_from.as_ref().filter(|_| !ctx.data_dir.exists());
+    let data_dir = match seed {
+        // What `serve` would copy, configuration included: it must open under this KEK.
+        Some(seed) => DataDir::new(seed),
+        None => ctx.data_dir.clone(),
+    };
+    let config = load_config(args, &data_dir)?;
+    let root = data_dir.root().to_owned();
+    let root = root.as_path();
+    if !data_dir.exists() {
         bail!(
             "{} is not a Baton data directory: `baton init --trust-domain TD` (or `--from SEED`) makes one",
             root.display()
         );
     }
-    let store = ctx
-        .data_dir
+    let store = data_dir
         .open(&ctx.kek)
         .with_context(|| format!("cannot open {}", root.display()))?;
     let td = store.ca().trust_domain().clone();
@@ -487,11 +514,12 @@ async fn signals(
     let _ = stop.send(true);
 }
 
-fn load_config(ctx: &Context, args: &ServeArgs) -> anyhow::Result<Config> {
+/// The configuration: `--config`, or the configuration file of `data_dir`.
+fn load_config(args: &ServeArgs, data_dir: &DataDir) -> anyhow::Result<Config> {
     let path = args
         .config
         .clone()
-        .unwrap_or_else(|| ctx.data_dir.config_path());
+        .unwrap_or_else(|| data_dir.config_path());
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.config.is_none() => {
