@@ -628,6 +628,8 @@ impl Config {
                 name.strip_prefix("BATON_").is_some_and(|key| {
                     !ENV_KEYS.contains(&key.to_ascii_lowercase().as_str())
                         && !OTHER_ENV.contains(&name.as_str())
+                        // The dev stack's scripts (infra/dev/up.sh).
+                        && !key.starts_with("DEV_")
                 })
             })
             .collect();
@@ -882,6 +884,7 @@ mod tests {
             ("BATON_LOG_FORMAT", "json"),
             ("HOME", "/root"),
             ("BATON_RATELIMIT", "5"),
+            ("BATON_DEV_DIR", "/tmp/dev"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         assert_eq!(
