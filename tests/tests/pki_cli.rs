@@ -552,3 +552,65 @@ fn every_command_has_help() {
     assert_eq!(run.code, Some(2));
     assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
 }
+
+#[test]
+fn a_replica_data_directory_is_made_once_from_its_seed_and_issues_under_the_same_ca() {
+    let sb = initialized();
+    let replica = sb.path().join("replica");
+    // `baton --data-dir replica <args>`, the dev KEK found through the seed.
+    let in_replica = |args: &[&str]| {
+        baton_tests::Run::from(
+            std::process::Command::new(baton_tests::baton_bin())
+                .arg("--data-dir")
+                .arg(&replica)
+                .args(args)
+                .current_dir(sb.path())
+                .env_remove("BATON_KEK_FILE")
+                .env_remove("BATON_DATA_DIR")
+                .output()
+                .unwrap(),
+        )
+    };
+    let json = |args: &[&str]| {
+        let mut all = vec!["init", "--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str::<serde_json::Value>(in_replica(&all).ok()).unwrap()
+    };
+    let seed = sb.data_dir();
+    let seed = seed.to_str().unwrap();
+    let first = json(&["--from", seed]);
+    assert_eq!(first["created"], true);
+    assert_eq!(first["from"], seed);
+    assert_eq!(first["trust_domain"], "example.org");
+    // Again, as a container does at every start: nothing to do, nothing changed.
+    let bundle = fs::read(replica.join("bundle.pem")).unwrap();
+    assert_eq!(json(&["--from", seed])["created"], false);
+    assert_eq!(
+        json(&["--trust-domain", "example.org", "--if-missing"])["created"],
+        false
+    );
+    assert_eq!(fs::read(replica.join("bundle.pem")).unwrap(), bundle);
+    assert_eq!(bundle, fs::read(sb.data_dir().join("bundle.pem")).unwrap());
+    // --if-missing is no licence to open another trust domain's directory.
+    let other = in_replica(&["init", "--trust-domain", "example.com", "--if-missing"]);
+    assert_eq!(other.code, Some(1));
+    assert!(
+        other
+            .stderr
+            .contains("already holds trust domain example.org"),
+        "{}",
+        other.stderr
+    );
+
+    // A certificate the replica issues chains to the seed's bundle, as openssl sees it.
+    in_replica(&[
+        "enroll",
+        "--id",
+        "spiffe://example.org/fn/replicated",
+        "--out",
+        "fn",
+    ])
+    .ok();
+    let run = sb.openssl(&["verify", "-CAfile", "baton-data/bundle.pem", "fn/svid.pem"]);
+    assert!(run.stdout.contains(": OK"), "{}{}", run.stdout, run.stderr);
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use baton_issuer::datadir::{DataDir, KekSource};
-use baton_issuer::pki::DEFAULT_CA_TTL;
+use baton_issuer::pki::{CertificateAuthority, DEFAULT_CA_TTL};
 use baton_proto::TrustDomain;
 use clap::Args;
 use serde_json::json;
@@ -38,7 +38,6 @@ pub(super) struct InitArgs {
 pub(super) fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<()> {
     let root = ctx.data_dir.root();
     let bundle = ctx.data_dir.bundle_path();
-    let dev_kek = ctx.kek == KekSource::Dev;
     if let Some(seed) = &args.from {
         let made = ctx
             .data_dir
@@ -52,15 +51,9 @@ pub(super) fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<()> {
             })?;
         let ca = made.store.ca();
         if args.json {
-            return print_json(&json!({
-                "trust_domain": ca.trust_domain(),
-                "data_dir": root,
-                "bundle": bundle,
-                "kek": if dev_kek { "dev" } else { "file" },
-                "ca_expires_at": ca.not_after().unix_timestamp(),
-                "from": seed,
-                "copied": made.copied,
-            }));
+            let mut report = summary(ctx, ca, made.copied);
+            report["from"] = json!(seed);
+            return print_json(&report);
         }
         let verb = if made.copied {
             "Copied"
@@ -91,14 +84,7 @@ pub(super) fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<()> {
             );
         }
         if args.json {
-            return print_json(&json!({
-                "trust_domain": existing,
-                "data_dir": root,
-                "bundle": bundle,
-                "kek": if dev_kek { "dev" } else { "file" },
-                "ca_expires_at": store.ca().not_after().unix_timestamp(),
-                "created": false,
-            }));
+            return print_json(&summary(ctx, store.ca(), false));
         }
         println!(
             "{} already holds trust domain {existing}; nothing to do",
@@ -113,14 +99,7 @@ pub(super) fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot initialize {}", root.display()))?;
     let ca = made.store.ca();
     if args.json {
-        return print_json(&json!({
-            "trust_domain": ca.trust_domain(),
-            "data_dir": root,
-            "bundle": bundle,
-            "kek": if made.dev_kek { "dev" } else { "file" },
-            "ca_expires_at": ca.not_after().unix_timestamp(),
-            "created": true,
-        }));
+        return print_json(&summary(ctx, ca, true));
     }
     println!(
         "Initialized trust domain {} in {}",
@@ -142,4 +121,16 @@ pub(super) fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<()> {
         ca.trust_domain()
     );
     Ok(())
+}
+
+/// What `--json` prints: the trust domain, where it lives, and whether this run wrote it.
+fn summary(ctx: &Context, ca: &CertificateAuthority, created: bool) -> serde_json::Value {
+    json!({
+        "trust_domain": ca.trust_domain(),
+        "data_dir": ctx.data_dir.root(),
+        "bundle": ctx.data_dir.bundle_path(),
+        "kek": if ctx.kek == KekSource::Dev { "dev" } else { "file" },
+        "ca_expires_at": ca.not_after().unix_timestamp(),
+        "created": created,
+    })
 }
