@@ -74,3 +74,14 @@ pub use reqwest_ext::RequestBuilderExt;
 
 #[cfg(feature = "axum")]
 pub mod axum;
+
+/// docs/sdk-guide.md, compiled as doctests: its snippets use every integration.
+#[cfg(all(
+    doctest,
+    feature = "fetch",
+    feature = "axum",
+    feature = "reqwest",
+    feature = "redis"
+))]
+#[doc = include_str!("../../docs/sdk-guide.md")]
+pub struct SdkGuide;
