@@ -788,3 +788,88 @@ async fn the_kubernetes_pod_starts_from_its_manifests_and_answers_its_probes() {
     assert_eq!(metadata["issuer"], "https://baton.baton.svc");
     drop(guard);
 }
+
+/// The subcommands `baton <path…> --help` lists under "Commands:".
+fn subcommands(path: &[&str]) -> Vec<String> {
+    let mut args = path.to_vec();
+    args.push("--help");
+    let help = baton(&args, &[]);
+    help.ok()
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter(|l| l.as_bytes().get(2).is_some_and(|b| b.is_ascii_lowercase()))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn every_baton_command_the_deployment_files_name_is_one_baton_accepts() {
+    let files = [
+        "infra/k8s/README.md",
+        "infra/k8s/configmap.yaml",
+        "infra/k8s/secrets.example.yaml",
+        "infra/compose.yaml",
+        "infra/demo/seed.sh",
+        "infra/config/baton.toml",
+    ];
+    let mut checked = 0;
+    for file in files {
+        for line in read(file).lines() {
+            // `baton …` as a shell line, after `kubectl exec … --`, or in a comment.
+            let Some(at) = line.match_indices("baton ").map(|(i, _)| i).find(|&i| {
+                let before = &line[..i];
+                before.trim_end().is_empty()
+                    || before.ends_with("-- ")
+                    || before.ends_with("# ")
+                    || before.trim_end().ends_with('#')
+                    || before
+                        .split_whitespace()
+                        .last()
+                        .is_some_and(|w| w.contains('='))
+            }) else {
+                continue;
+            };
+            let words: Vec<&str> = line[at + "baton ".len()..]
+                .split_whitespace()
+                .take_while(|w| !w.starts_with('#') && *w != "\\" && *w != "|" && *w != ">")
+                .collect();
+            // Skip the global --data-dir and its value.
+            let mut words = words.as_slice();
+            if words.first() == Some(&"--data-dir") {
+                words = &words[2.min(words.len())..];
+            }
+            let Some(first) = words.first() else { continue };
+            let top = subcommands(&[]);
+            if !top.contains(&first.to_string()) {
+                // Prose ("baton serve" is checked; "Baton issuer" is not a command).
+                continue;
+            }
+            let mut path = vec![*first];
+            for word in &words[1..] {
+                if subcommands(&path).contains(&word.to_string()) {
+                    path.push(word);
+                } else {
+                    break;
+                }
+            }
+            let mut args = path.clone();
+            args.push("--help");
+            let help = baton(&args, &[]);
+            let help = help.ok();
+            for flag in words.iter().filter(|w| w.starts_with("--")) {
+                let flag = flag.split('=').next().unwrap();
+                assert!(
+                    help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+                    "{file}: `baton {}` has no flag {flag}",
+                    path.join(" ")
+                );
+            }
+            checked += 1;
+            eprintln!("{file}: baton {}", words.join(" "));
+        }
+    }
+    // The kubectl exec lines, the secrets' init, compose's seed job, the config check.
+    assert!(checked >= 10, "only {checked} baton commands found");
+}
