@@ -61,6 +61,9 @@ pub mod redis_store;
 
 #[cfg(feature = "client")]
 mod client;
+/// The RFC 6749 error code of [`TokenError::Refused`], so callers can match on it.
+#[cfg(feature = "client")]
+pub use baton_proto::error::ErrorCode;
 #[cfg(feature = "client")]
 pub use client::{
     Auth, CertificateStatus, ConfigError, JoinBuilder, KeyType, RenewalEvent, SvidError,

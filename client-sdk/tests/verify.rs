@@ -434,6 +434,31 @@ fn sub_and_client_id_must_agree() {
 }
 
 #[test]
+fn a_caller_of_another_trust_domain_is_rejected_even_under_a_trusted_key() {
+    let f = fixture();
+    for sub in [
+        "spiffe://other.org/fn/orders",
+        "spiffe://example.org.evil/fn/orders",
+    ] {
+        let token = f.token_with(|c| {
+            c["sub"] = json!(sub);
+            c["client_id"] = json!(sub);
+        });
+        assert_eq!(
+            f.verify(&token),
+            Err(VerifyError::Malformed("sub is of another trust domain")),
+            "{sub}"
+        );
+    }
+    // The control: the same token for a caller of this trust domain verifies.
+    let token = f.token_with(|c| {
+        c["sub"] = json!("spiffe://example.org/fn/billing");
+        c["client_id"] = json!("spiffe://example.org/fn/billing");
+    });
+    assert!(f.verify(&token).is_ok());
+}
+
+#[test]
 fn expired_beyond_leeway_is_rejected() {
     let f = fixture();
     let token = f.token_with(|_| {});

@@ -70,6 +70,7 @@ const CLAIMS_DUP: &str = "the claims have a duplicate member (RFC 7519 §4)";
 const AUD_ARRAY: &str = "aud is an array; a Baton token names one audience";
 const EXP_IAT: &str = "exp is not later than iat";
 const SUB_CLIENT: &str = "sub and client_id differ";
+const SUB_FOREIGN: &str = "sub is of another trust domain";
 
 fn now() -> i64 {
     verify_support::unix_now()
@@ -1261,6 +1262,17 @@ fn corpus() -> Vec<Case> {
             "client_id names another workload than sub",
             Refused(m(SUB_CLIENT), "malformed"),
             |k, t| k.with_claims(t, |c| c["client_id"] = json!(LEDGER)),
+        ),
+        case(
+            "sub_of_another_trust_domain",
+            "sub and client_id name a caller of another trust domain",
+            Refused(m(SUB_FOREIGN), "malformed"),
+            |k, t| {
+                k.with_claims(t, |c| {
+                    c["sub"] = json!("spiffe://other.org/fn/orders");
+                    c["client_id"] = json!("spiffe://other.org/fn/orders");
+                })
+            },
         ),
     ]
 }

@@ -379,6 +379,11 @@ impl Verifier {
         if claims.sub != claims.client_id {
             return Err(VerifyError::Malformed("sub and client_id differ"));
         }
+        // A Baton issuer mints for callers of its own trust domain only; a signing key
+        // that vouches for another's callers is not one to believe.
+        if claims.sub.trust_domain_name() != self.audience.trust_domain_name() {
+            return Err(VerifyError::Malformed("sub is of another trust domain"));
+        }
         if claims.exp <= now.saturating_sub(self.leeway) {
             return Err(VerifyError::Expired);
         }

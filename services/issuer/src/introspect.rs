@@ -285,6 +285,10 @@ impl Introspector {
         if raw.sub != raw.client_id {
             return Err(InactiveReason::Malformed("sub and client_id differ"));
         }
+        // This issuer mints for its own trust domain's callers only (as the SDK checks).
+        if raw.sub.trust_domain_name() != raw.aud.trust_domain_name() {
+            return Err(InactiveReason::Malformed("sub is of another trust domain"));
+        }
         check_times(raw.iat, raw.nbf, raw.exp, now)?;
         let jti = match raw.jti {
             Some(jti) if !jti.is_empty() => jti,
@@ -829,6 +833,10 @@ mod tests {
         for edit in [
             (|c: &mut Value| c["aud"] = json!([PAYMENTS])) as fn(&mut Value),
             |c| c["sub"] = json!("not a spiffe id"),
+            |c| {
+                c["sub"] = json!("spiffe://other.org/fn/orders");
+                c["client_id"] = json!("spiffe://other.org/fn/orders");
+            },
             |c| {
                 c.as_object_mut().unwrap().remove("sid");
             },
