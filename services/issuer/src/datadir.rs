@@ -296,18 +296,9 @@ impl DataDir {
             });
         }
 
-        let staging = self.staging_path()?;
-        let result = self.populate(&staging, trust_domain, kek_source, ca_ttl, now);
-        let result = result.and_then(|()| {
-            // rename(2) replaces an empty directory atomically; the whole trust domain
-            // appears at once or not at all.
-            std::fs::rename(&staging, &self.root).map_err(io_err(&self.root))?;
-            fsio::sync_dir(fsio::parent_dir(&self.root)).map_err(io_err(&self.root))
-        });
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
+        self.build_in_place(|staging| {
+            self.populate(staging, trust_domain, kek_source, ca_ttl, now)
+        })?;
         let store = self.open(kek_source)?;
         Ok(Initialized {
             store,
@@ -390,9 +381,8 @@ impl DataDir {
         })?;
         CertificateAuthority::from_parts(&certs[0], &key)?;
 
-        let staging = self.staging_path()?;
-        let result = (|| {
-            fsio::create_private_dir(&staging).map_err(io_err(&staging))?;
+        self.build_in_place(|staging| {
+            fsio::create_private_dir(staging).map_err(io_err(staging))?;
             let write = |name: &str, bytes: &[u8], mode: Mode| {
                 let path = staging.join(name);
                 fsio::write_atomic(&path, bytes, mode).map_err(io_err(&path))
@@ -408,18 +398,31 @@ impl DataDir {
                 );
                 write(DEV_KEK, &bytes, Mode::Private)?;
             }
-            std::fs::rename(&staging, &self.root).map_err(io_err(&self.root))?;
-            fsio::sync_dir(fsio::parent_dir(&self.root)).map_err(io_err(&self.root))
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
+            Ok(())
+        })?;
         let store = self.open(kek_source)?;
         Ok(Replicated {
             store,
             copied: true,
         })
+    }
+
+    /// Fills a staging directory beside the data directory with `fill`, then renames
+    /// it into place: rename(2) replaces an empty directory atomically, so the whole
+    /// trust domain appears at once or not at all. A failed fill leaves nothing behind.
+    fn build_in_place(
+        &self,
+        fill: impl FnOnce(&Path) -> Result<(), DataDirError>,
+    ) -> Result<(), DataDirError> {
+        let staging = self.staging_path()?;
+        let result = fill(&staging).and_then(|()| {
+            std::fs::rename(&staging, &self.root).map_err(io_err(&self.root))?;
+            fsio::sync_dir(fsio::parent_dir(&self.root)).map_err(io_err(&self.root))
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result
     }
 
     fn staging_path(&self) -> Result<PathBuf, DataDirError> {
