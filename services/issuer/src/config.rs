@@ -158,8 +158,8 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// How the issuer writes its logs (to stderr).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// How the issuer writes its logs (to stderr). Also `serve --log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Text on a terminal, JSON lines otherwise.

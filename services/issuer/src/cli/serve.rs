@@ -26,7 +26,7 @@ use baton_issuer::shared::{self, SharedStore};
 use baton_issuer::svid::SvidIssuer;
 use baton_proto::TrustDomain;
 use baton_proto::metadata::TOKEN_PATH;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -63,7 +63,7 @@ pub(super) struct ServeArgs {
     store: Option<String>,
     /// Log format [default: auto: text on a terminal, json otherwise].
     #[arg(long, value_enum)]
-    log_format: Option<LogFlag>,
+    log_format: Option<LogFormat>,
     /// When the data directory does not exist, make it a replica of this one (as
     /// `baton init --from` does) instead of a dev trust domain: for containers whose
     /// data directory is a fresh tmpfs or emptyDir at every start.
@@ -74,13 +74,6 @@ pub(super) struct ServeArgs {
     /// exit 0, or exit 1 naming what is wrong. Starts nothing, contacts no store.
     #[arg(long)]
     check_config: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFlag {
-    Auto,
-    Text,
-    Json,
 }
 
 pub(super) fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
@@ -124,8 +117,7 @@ fn check_config(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
         None => ctx.data_dir.clone(),
     };
     let config = load_config(args, &data_dir)?;
-    let root = data_dir.root().to_owned();
-    let root = root.as_path();
+    let root = data_dir.root();
     if !data_dir.exists() {
         bail!(
             "{} is not a Baton data directory: `baton init --trust-domain TD` (or `--from SEED`) makes one",
@@ -178,7 +170,7 @@ fn check_config(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
         .context("cannot write the report")
 }
 
-async fn serve(ctx: &Context, config: Config) -> anyhow::Result<()> {
+async fn serve(ctx: &Context, mut config: Config) -> anyhow::Result<()> {
     // Before any metric is recorded: values set while no recorder is installed are lost.
     let prometheus = m::handle();
     let fresh = !ctx.data_dir.exists();
@@ -196,7 +188,6 @@ async fn serve(ctx: &Context, config: Config) -> anyhow::Result<()> {
     // Held for the issuer's whole life: no `baton kek rotate` starts under it.
     let _data_lock = ctx.data_dir.lock_shared()?;
     let store = Arc::new(ctx.data_dir.open(&ctx.kek)?);
-    let mut config = config;
     // First, so a second issuer on the same data directory stops here, before it
     // touches the keyring.
     let admin_socket = AdminSocket::bind(ctx.data_dir.admin_socket_path())?;
@@ -542,17 +533,7 @@ fn load_config(args: &ServeArgs, data_dir: &DataDir) -> anyhow::Result<Config> {
         "policy",
         args.policy.as_ref().map(|p| p.display().to_string()),
     );
-    flag(
-        "log_format",
-        args.log_format.map(|f| {
-            match f {
-                LogFlag::Auto => "auto",
-                LogFlag::Text => "text",
-                LogFlag::Json => "json",
-            }
-            .to_owned()
-        }),
-    );
+    flag("log_format", args.log_format.map(|f| f.as_str().to_owned()));
     let config = Config::from_toml(&text, std::env::vars().chain(flags))
         .with_context(|| format!("{}", path.display()))?;
     if let Some(p) = &config.policy
