@@ -28,6 +28,23 @@ pub fn baton_bin() -> PathBuf {
     bin
 }
 
+/// `baton`, with none of this process's `BATON_*` variables: only what a test sets
+/// afterwards (`env` calls made later win) can change what it checks.
+pub fn baton_command() -> Command {
+    without_baton_env(Command::new(baton_bin()))
+}
+
+/// `cmd` with this process's `BATON_*` variables removed (for a script that runs
+/// `baton` itself); call before setting the test's own.
+pub fn without_baton_env(mut cmd: Command) -> Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("BATON_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// A scratch directory with a data directory path inside it, and the means to run
 /// `baton` against it with a clean environment.
 pub struct Sandbox {
@@ -122,14 +139,9 @@ impl Sandbox {
 
     /// Like [`Sandbox::baton`], with extra environment variables.
     pub fn baton_with_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Run {
-        let mut cmd = Command::new(baton_bin());
+        let mut cmd = baton_command();
         cmd.arg("--data-dir").arg(self.data_dir()).args(args);
         cmd.current_dir(self.path());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("BATON_") {
-                cmd.env_remove(name);
-            }
-        }
         for (name, value) in env {
             cmd.env(name, value);
         }
@@ -177,7 +189,7 @@ impl Server {
     /// Like [`Server::start`], with extra environment variables (e.g. `BATON_RATE_LIMIT`).
     pub fn start_with_env(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead as _;
-        let mut cmd = Command::new(baton_bin());
+        let mut cmd = baton_command();
         cmd.arg("--data-dir")
             .arg(sb.data_dir())
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -186,11 +198,6 @@ impl Server {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("BATON_") {
-                cmd.env_remove(name);
-            }
-        }
         cmd.envs(env.iter().copied());
         let mut child = cmd
             .spawn()

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_issuer::config::Config;
-use baton_tests::{RedisServer, Run, baton_bin, https_client};
+use baton_tests::{RedisServer, Run, baton_bin, baton_command, https_client, without_baton_env};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn repo() -> PathBuf {
@@ -77,21 +77,13 @@ fn strings(list: &Yaml) -> Vec<String> {
 }
 
 fn run(cmd: &mut Command) -> Run {
-    // No inherited BATON_* setting may change what is being checked.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("BATON_") {
-            cmd.env_remove(name);
-        }
-    }
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
         .into()
 }
 
 fn baton(args: &[&str], env: &[(&str, &str)]) -> Run {
-    run(Command::new(baton_bin())
-        .args(args)
-        .envs(env.iter().copied()))
+    run(baton_command().args(args).envs(env.iter().copied()))
 }
 
 /// A 0600 KEK file and a seed data directory sealed under it.
@@ -398,7 +390,7 @@ fn compose_runs_the_seed_job_and_issuer_commands_baton_accepts() {
     );
     for _ in 0..2 {
         // Twice: `docker compose up` runs it at every start.
-        run(Command::new("sh")
+        run(without_baton_env(Command::new("sh"))
             .arg(repo().join("infra/demo/seed.sh"))
             .env("PATH", &path)
             .env("DEMO_SEED_DIR", &seed)
@@ -722,15 +714,10 @@ async fn the_kubernetes_pod_starts_from_its_manifests_and_answers_its_probes() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let mut cmd = Command::new(baton_bin());
+    let mut cmd = baton_command();
     cmd.args(&args)
         .envs(env.iter().copied())
         .env("BATON_LISTEN", &listen);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("BATON_") && name != "BATON_LISTEN" {
-            cmd.env_remove(name);
-        }
-    }
     let log = tmp.path().join("issuer.log");
     cmd.stderr(std::fs::File::create(&log).unwrap())
         .stdout(std::process::Stdio::null());
@@ -815,6 +802,7 @@ fn every_baton_command_the_deployment_files_name_is_one_baton_accepts() {
         "infra/config/baton.toml",
     ];
     let mut checked = 0;
+    let top = subcommands(&[]);
     for file in files {
         for line in read(file).lines() {
             // `baton …` as a shell line, after `kubectl exec … --`, or in a comment.
@@ -841,7 +829,6 @@ fn every_baton_command_the_deployment_files_name_is_one_baton_accepts() {
                 words = &words[2.min(words.len())..];
             }
             let Some(first) = words.first() else { continue };
-            let top = subcommands(&[]);
             if !top.contains(&first.to_string()) {
                 // Prose ("baton serve" is checked; "Baton issuer" is not a command).
                 continue;
