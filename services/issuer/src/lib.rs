@@ -26,3 +26,4 @@ pub mod seal;
 pub mod server;
 pub mod shared;
 pub mod svid;
+pub mod visibility;
