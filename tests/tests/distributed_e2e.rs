@@ -755,3 +755,79 @@ async fn through_sentinel_both_replicas_follow_a_failover_mid_load() {
         "the epoch names the new primary: {epoch_server}"
     );
 }
+
+/// Issue 12: the call graph is kept in the store; `baton graph` on any replica reads
+/// the sum of what every replica recorded, and the enrollments `baton enroll` makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_graph_in_redis_sums_every_replica() {
+    let c = Cluster::start();
+    let orders = c.mtls("orders");
+    // Enrolled through the admin socket of replica 1, into the shared store
+    // (first: the flush that carries the refusal below carries it too).
+    c.sbs[1]
+        .baton(&[
+            "enroll",
+            "--id",
+            "spiffe://example.org/fn/late",
+            "--out",
+            "late",
+        ])
+        .ok();
+    for replica in [0, 0, 1, 1, 1] {
+        c.mint(replica, &orders).await.unwrap();
+    }
+    let ledger = "spiffe://example.org/fn/ledger";
+    let (status, _, _) = c
+        .post(
+            1,
+            &orders,
+            "/v1/token",
+            &[("grant_type", "client_credentials"), ("audience", ledger)],
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // Replica 0 sees replica 1's records once replica 1 has flushed (every 5 s).
+    let read = || {
+        let out = c.sbs[0].baton(&["graph", "--json"]);
+        serde_json::from_str::<Value>(out.ok()).unwrap()
+    };
+    let summed = eventually(Duration::from_secs(20), || {
+        let graph = read();
+        async move {
+            let edges = graph["edges"].as_array().unwrap().clone();
+            let issued = edges
+                .iter()
+                .find(|e| e["caller"] == ORDERS && e["audience"] == PAYMENTS)
+                .map(|e| e["issued"].clone());
+            let denied = edges
+                .iter()
+                .find(|e| e["audience"] == "spiffe://example.org/fn/ledger")
+                .map(|e| e["denied"]["audience_not_allowed"].clone());
+            issued == Some(json!(5)) && denied == Some(json!(1))
+        }
+    })
+    .await;
+    assert!(summed, "{}", read());
+    assert!(read()["store"].as_str().unwrap().starts_with("redis://"));
+    let ids = c.sbs[0].baton(&["identities", "list", "--json"]);
+    let ids: Value = serde_json::from_str(ids.ok()).unwrap();
+    let late = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == "spiffe://example.org/fn/late")
+        .unwrap_or_else(|| panic!("{ids}"));
+    assert!(late["cert_not_after"].as_i64().unwrap() > 0, "{late}");
+    // Nothing went to the data directories: the store holds the graph. (The file the
+    // first one has holds only the enrollments made before it had a store.)
+    for sb in &c.sbs {
+        let file = std::fs::read_to_string(sb.data_dir().join("graph.json")).unwrap_or_default();
+        assert!(
+            !file.contains("fn/late") && !file.contains("\"issued\""),
+            "{file}"
+        );
+    }
+    let keys = c.redis.cli(&["KEYS", "{baton}:graph:*"]);
+    assert!(keys.contains("{baton}:graph:"), "{keys}");
+}

@@ -33,6 +33,10 @@
 //! - `mint <alg> + limiter, metrics, audit`: the same plus the rest of the handler's
 //!   per-token work: the per-caller rate limiter, the mint histogram and counter, and the
 //!   `token.issued` audit event. Same floor and goal.
+//! - `mint <alg> + call graph`: the line above plus the call-graph record of the
+//!   token (`Visibility::issued`: the edge, the caller's identity record, the anomaly
+//!   baselines, under one shard lock) — against the line above without it: the cost
+//!   of visibility on the mint path (issue 12). Goal ≤ 1.05.
 //! - `attest <alg> warm`: `Attestor::attest_assertion` of an assertion whose chain verdict
 //!   is cached (parse, cache hit, signature, deny list, claims, `jti` consumed in the
 //!   ledger) — against one raw ring verify of that assertion's signature.
@@ -83,6 +87,7 @@ use baton_issuer::mint::{self, TokenSpec};
 use baton_issuer::pki::{DEFAULT_CA_TTL, KeyType};
 use baton_issuer::policy::{Policy, PolicyStore};
 use baton_issuer::server::{self, Issuer, RateLimiter};
+use baton_issuer::visibility::{AnomalyThresholds, Backend, GRAPH_FILE, Visibility};
 use baton_proto::claims::{
     CLIENT_ASSERTION_TYPE, GRANT_TYPE_CLIENT_CREDENTIALS, JwsAlgorithm, Scope,
 };
@@ -305,6 +310,8 @@ struct Setup {
     policy: Arc<PolicyStore>,
     /// The handler's per-caller limiter, for the direct mint (the router has its own).
     limiter: RateLimiter,
+    /// The call graph the router's state records into (the direct mint's too).
+    visibility: Arc<Visibility>,
     /// The router's state: its keyring is the one the handler mints with.
     state: Arc<Issuer>,
     router: Router,
@@ -364,17 +371,29 @@ impl Setup {
         ));
         // Far above the run's request rate: the limiter is paid for, never refuses.
         let limiter = || RateLimiter::new(1_000_000, 1_000_000);
-        let state = Arc::new(Issuer::new(
-            ISSUER.to_owned(),
-            keyring,
-            attestor(),
-            Introspector::new(ISSUER.to_owned(), Arc::clone(&deny), Arc::clone(&ledger)),
-            Arc::clone(&policy),
-            TOKEN_TTL,
-            limiter(),
-            Duration::from_secs(60),
-            m::handle(),
+        let visibility = Arc::new(Visibility::new(
+            Backend::Embedded {
+                path: tmp.path().join(GRAPH_FILE),
+            },
+            10_000,
+            Duration::from_secs(30 * 86400),
+            AnomalyThresholds::default(),
         ));
+        let state = Arc::new(
+            Issuer::new(
+                ISSUER.to_owned(),
+                keyring,
+                attestor(),
+                Introspector::new(ISSUER.to_owned(), Arc::clone(&deny), Arc::clone(&ledger)),
+                Arc::clone(&policy),
+                TOKEN_TTL,
+                limiter(),
+                Duration::from_secs(60),
+                m::handle(),
+            )
+            // As `baton serve`: every request recorded in the call graph.
+            .with_visibility(Arc::clone(&visibility)),
+        );
         let router = server::app(Arc::clone(&state), Duration::from_secs(30));
         let anchors = bundle
             .iter()
@@ -395,6 +414,7 @@ impl Setup {
             scope: SCOPE.parse().unwrap(),
             policy,
             limiter: limiter(),
+            visibility,
             state,
             router,
             attestor: attestor(),
@@ -465,6 +485,21 @@ impl Setup {
         m::token_minted(key.alg(), method, start.elapsed());
         audit::issued(&spec, &minted.jti, minted.exp, method.as_str(), grant.rule);
         minted.token
+    }
+
+    /// [`mint_endpoint`](Self::mint_endpoint) and the token's call-graph record, as the
+    /// handler makes it.
+    fn mint_graph(&self) -> String {
+        let token = self.mint_endpoint();
+        self.visibility.issued(
+            &self.caller,
+            &self.audience,
+            Some(SCOPE),
+            1,
+            self.now + 3600,
+            self.now,
+        );
+        token
     }
 
     fn raw_sign(&self) -> Signature {
@@ -807,13 +842,14 @@ fn setup_figures(s: &Setup, rows: &mut Vec<Row>) {
     let alg = s.name();
 
     const MINTS: u32 = 100;
-    let [raw, core, endpoint] = interleaved(
+    let [raw, core, endpoint, graph] = interleaved(
         ROUNDS,
         || (),
         [
             &mut |_: &()| per_call(MINTS, || s.raw_sign()),
             &mut |_: &()| per_call(MINTS, || s.mint_core()),
             &mut |_: &()| per_call(MINTS, || s.mint_endpoint()),
+            &mut |_: &()| per_call(MINTS, || s.mint_graph()),
         ],
     );
     let floor_name = "raw ring sign, same key type and input length";
@@ -831,6 +867,14 @@ fn setup_figures(s: &Setup, rows: &mut Vec<Row>) {
         floor: raw,
         floor_name,
         goal: Some(1.3),
+        note: String::new(),
+    });
+    rows.push(Row {
+        figure: format!("mint {alg} + call graph"),
+        baton: graph,
+        floor: endpoint,
+        floor_name: "the line above, without the call graph",
+        goal: Some(1.05),
         note: String::new(),
     });
 
@@ -941,6 +985,7 @@ fn benches(c: &mut Criterion, setups: &[Setup]) {
         group.bench_function("mint_limiter_metrics_audit", |b| {
             b.iter(|| s.mint_endpoint())
         });
+        group.bench_function("mint_call_graph", |b| b.iter(|| s.mint_graph()));
         group.finish();
 
         let mut group = c.benchmark_group(format!("attest_{alg}"));

@@ -31,11 +31,14 @@ use crate::join_token::{JoinTokens, Selector};
 use crate::lifecycle::KeyLifecycle;
 use crate::metrics as m;
 use crate::policy::{PolicyError, PolicyStore, PolicySummary};
+use crate::visibility::{self, Visibility};
 
 /// The socket's file name in the data directory.
 pub const SOCKET_FILE: &str = "admin.sock";
-/// Longest request or reply line, newline included.
+/// Longest request line, newline included.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Longest reply line a client reads: a whole call graph at its largest bound fits.
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024 * 1024;
 /// How long the issuer waits for a request line, and for its reply to be taken.
 const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most request bytes read and dropped after an oversized request line.
@@ -97,6 +100,40 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
+    /// `graph.list`: the live call graph, every (caller, audience, scope) edge.
+    #[serde(rename = "graph.list")]
+    Graph {},
+    /// `identities.list`: every enrolled or seen identity.
+    #[serde(rename = "identities.list")]
+    ListIdentities {},
+    /// `identities.enrolled`: a certificate was issued to `id` outside the issuer
+    /// (`baton enroll --out`), valid until `not_after` (Unix seconds).
+    #[serde(rename = "identities.enrolled")]
+    Enrolled {
+        /// The identity.
+        id: String,
+        /// End of the certificate's validity.
+        not_after: i64,
+    },
+    /// `policy.report`: the least-privilege report over a window (default: the
+    /// configuration's `policy_report_window`).
+    #[serde(rename = "policy.report")]
+    PolicyReport {
+        /// The window, seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window_seconds: Option<u64>,
+        /// Refusals that make a finding.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_denials: Option<u64>,
+    },
+    /// `report`: graph, inventory, least-privilege report and recent anomalies at once
+    /// (what `baton report --html` draws).
+    #[serde(rename = "report")]
+    Report {
+        /// As for `policy.report`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window_seconds: Option<u64>,
+    },
 }
 
 impl Request {
@@ -110,6 +147,11 @@ impl Request {
             Self::RevokeKey { .. } => "keys.revoke",
             Self::ListJoinTokens {} => "join-tokens.list",
             Self::RevokeJoinTokens { .. } => "join-tokens.revoke",
+            Self::Graph {} => "graph.list",
+            Self::ListIdentities {} => "identities.list",
+            Self::Enrolled { .. } => "identities.enrolled",
+            Self::PolicyReport { .. } => "policy.report",
+            Self::Report { .. } => "report",
         }
     }
 }
@@ -196,6 +238,17 @@ pub struct AdminOps {
     trust_domain: TrustDomain,
     keys: Option<Arc<KeyLifecycle>>,
     join_tokens: Option<JoinTokens>,
+    visibility: Option<VisibilityOps>,
+}
+
+/// What the visibility commands read.
+#[derive(Debug)]
+struct VisibilityOps {
+    records: Arc<Visibility>,
+    /// `embedded` or the store URL without password.
+    store: String,
+    window: Duration,
+    min_denials: u64,
 }
 
 impl AdminOps {
@@ -207,7 +260,27 @@ impl AdminOps {
             trust_domain,
             keys: None,
             join_tokens: None,
+            visibility: None,
         }
+    }
+
+    /// Also serves the visibility commands (`graph.list`, `identities.list`,
+    /// `identities.enrolled`, `policy.report`, `report`) over these records; `store`
+    /// names where they are kept, `window` and `min_denials` are the report's defaults.
+    pub fn with_visibility(
+        mut self,
+        records: Arc<Visibility>,
+        store: String,
+        window: Duration,
+        min_denials: u64,
+    ) -> Self {
+        self.visibility = Some(VisibilityOps {
+            records,
+            store,
+            window,
+            min_denials,
+        });
+        self
     }
 
     /// Also serves the `join-tokens.*` commands over this store.
@@ -233,6 +306,22 @@ impl AdminOps {
             Request::RevokeKey { kid, force } => self.revoke_key(kid, force).await,
             Request::ListJoinTokens {} => self.list_join_tokens().await,
             Request::RevokeJoinTokens { handle, id } => self.revoke_join_tokens(handle, id).await,
+            Request::Graph {} => self.visibility_view(View::Graph).await,
+            Request::ListIdentities {} => self.visibility_view(View::Identities).await,
+            Request::Enrolled { id, not_after } => self.enrolled(&id, not_after),
+            Request::PolicyReport {
+                window_seconds,
+                min_denials,
+            } => {
+                self.visibility_view(View::Policy {
+                    window_seconds,
+                    min_denials,
+                })
+                .await
+            }
+            Request::Report { window_seconds } => {
+                self.visibility_view(View::Report { window_seconds }).await
+            }
         };
         let result = if reply.is_ok() { "ok" } else { "error" };
         metrics::counter!(m::ADMIN_COMMANDS, "command" => name, "result" => result).increment(1);
@@ -392,6 +481,105 @@ impl AdminOps {
         }
     }
 
+    fn enrolled(&self, id: &str, not_after: i64) -> Reply {
+        let Some(vis) = &self.visibility else {
+            return Reply::error("this issuer does not record visibility");
+        };
+        match id.parse::<SpiffeId>() {
+            Ok(id) if id.is_member_of(&self.trust_domain) && !id.is_reserved() => {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                vis.records.enrolled(&id, not_after, now);
+                Reply::ok(json!({ "id": id }))
+            }
+            Ok(id) => Reply::error(format!(
+                "{id} is not a workload of this issuer's trust domain {}",
+                self.trust_domain
+            )),
+            Err(e) => Reply::error(format!("not a SPIFFE ID: {e}")),
+        }
+    }
+
+    /// Reads the records (a store read in distributed mode: off the runtime) and
+    /// answers one of the views.
+    async fn visibility_view(&self, view: View) -> Reply {
+        let Some(vis) = &self.visibility else {
+            return Reply::error("this issuer does not record visibility");
+        };
+        let records = Arc::clone(&vis.records);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let graph = match tokio::task::spawn_blocking(move || records.snapshot(now)).await {
+            Ok(Ok(graph)) => graph,
+            Ok(Err(e)) => return Reply::error(one_line(&e)),
+            Err(_) => return Reply::error("internal error while reading; see the issuer's log"),
+        };
+        let graph_view =
+            || visibility::inventory::graph_view(&graph, &vis.store, vis.records.max_edges(), now);
+        let policy_report = |window_seconds: Option<u64>, min_denials: Option<u64>| {
+            let window = window_seconds.map_or(vis.window, Duration::from_secs);
+            let edges = graph_view().edges;
+            visibility::least_privilege::analyze(
+                &self.policy.current(),
+                self.policy.source().map(|p| p.display().to_string()),
+                &edges,
+                now,
+                window,
+                min_denials.unwrap_or(vis.min_denials).max(1),
+            )
+        };
+        match view {
+            View::Graph => Reply::ok(json!({ "graph": graph_view() })),
+            View::Identities => match self.identities(&graph).await {
+                Ok(ids) => Reply::ok(json!({ "identities": ids })),
+                Err(reply) => reply,
+            },
+            View::Policy {
+                window_seconds,
+                min_denials,
+            } => Reply::ok(json!({ "report": policy_report(window_seconds, min_denials) })),
+            View::Report { window_seconds } => {
+                let identities = match self.identities(&graph).await {
+                    Ok(ids) => ids,
+                    Err(reply) => return reply,
+                };
+                let report = visibility::model::Report {
+                    trust_domain: self.trust_domain.to_string(),
+                    graph: graph_view(),
+                    identities,
+                    policy: policy_report(window_seconds, None),
+                    anomalies: vis.records.recent_anomalies(),
+                };
+                Reply::ok(json!({ "report": report }))
+            }
+        }
+    }
+
+    async fn identities(
+        &self,
+        graph: &visibility::graph::Graph,
+    ) -> Result<Vec<visibility::model::IdentityView>, Reply> {
+        let tokens = match &self.join_tokens {
+            Some(store) => {
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || {
+                    store.list(time::OffsetDateTime::now_utc())
+                })
+                .await
+                {
+                    Ok(Ok(tokens)) => tokens,
+                    Ok(Err(e)) => return Err(Reply::error(one_line(&e))),
+                    Err(_) => {
+                        return Err(Reply::error(
+                            "internal error while listing; see the issuer's log",
+                        ));
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        let denied = self.deny.list().snapshot();
+        Ok(visibility::inventory::identities(graph, &denied, &tokens))
+    }
+
     async fn reload_policy(&self) -> Reply {
         let policy = Arc::clone(&self.policy);
         match tokio::task::spawn_blocking(move || reload_policy(&policy)).await {
@@ -416,6 +604,19 @@ impl AdminOps {
             Err(_) => Reply::error("internal error while reloading; see the issuer's log"),
         }
     }
+}
+
+/// Which visibility view a command asks for.
+enum View {
+    Graph,
+    Identities,
+    Policy {
+        window_seconds: Option<u64>,
+        min_denials: Option<u64>,
+    },
+    Report {
+        window_seconds: Option<u64>,
+    },
 }
 
 /// An error and its sources on one line, `a: b: c`.
@@ -638,10 +839,10 @@ pub fn call(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
     line.push(b'\n');
     (&stream).write_all(&line).map_err(io_err)?;
     let mut reply = Vec::new();
-    io::BufReader::new(io::Read::take(&stream, MAX_LINE_BYTES as u64 + 1))
+    io::BufReader::new(io::Read::take(&stream, MAX_REPLY_BYTES as u64 + 1))
         .read_until(b'\n', &mut reply)
         .map_err(io_err)?;
-    if reply.len() > MAX_LINE_BYTES {
+    if reply.len() > MAX_REPLY_BYTES {
         return Err(ClientError::BadReply {
             socket: socket.to_owned(),
         });

@@ -1,6 +1,6 @@
 //! Audit events: one structured `tracing` event per issuance, denial, introspection,
 //! consumption, replay attempt, revocation, identity revocation, workload certificate,
-//! join-token revocation and key-encryption key rotation, under the `baton::audit`
+//! join-token revocation, key-encryption key rotation and anomaly signal, under the `baton::audit`
 //! target so operators can route them apart from diagnostics. They name who asked, for whom, the outcome and the
 //! token's `jti` and `sid` — never a token, a join token, an assertion or key
 //! material. A `jti` is logged only once the token's signature verified; an
@@ -191,6 +191,21 @@ pub fn kek_rotated(
         files,
         shared,
         recovered,
+    );
+}
+
+/// An anomaly signal was raised (thresholds in the configuration, `anomaly_*`). The
+/// caller is attested; an audience of a new-audience signal was granted by policy.
+pub fn anomaly(anomaly: &crate::visibility::model::AnomalyView) {
+    tracing::warn!(
+        target: TARGET,
+        event = "anomaly",
+        kind = anomaly.kind.as_str(),
+        caller = anomaly.caller.as_deref().unwrap_or(""),
+        audience = anomaly.audience.as_deref().unwrap_or(""),
+        observed = anomaly.observed,
+        threshold = anomaly.threshold,
+        detail = %anomaly.detail,
     );
 }
 

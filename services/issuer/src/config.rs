@@ -36,6 +36,17 @@ const ENV_KEYS: &[&str] = &[
     "jwks_max_age",
     "rotation_period",
     "log_format",
+    "graph_max_edges",
+    "graph_retention",
+    "policy_report_window",
+    "policy_report_min_denials",
+    "anomaly_new_audience_after",
+    "anomaly_rate_window",
+    "anomaly_rate_factor",
+    "anomaly_rate_min",
+    "anomaly_burst_window",
+    "anomaly_attestation_failures",
+    "anomaly_replays",
 ];
 
 /// `BATON_*` variables that are not configuration keys but mean something to `baton`:
@@ -156,6 +167,48 @@ pub struct Config {
     /// Log format: JSON lines, text, or `auto` (text on a terminal, JSON otherwise).
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Edges (caller, audience, scope) the call graph keeps at most; beyond it, the
+    /// never-issued then least recently seen edges are evicted.
+    #[serde(default = "default_graph_max_edges")]
+    pub graph_max_edges: usize,
+    /// An edge not seen for this long leaves the call graph.
+    #[serde(default = "default_graph_retention", deserialize_with = "duration")]
+    pub graph_retention: Duration,
+    /// `baton policy report`: a rule that granted no token in this window is unused.
+    #[serde(
+        default = "default_policy_report_window",
+        deserialize_with = "duration"
+    )]
+    pub policy_report_window: Duration,
+    /// `baton policy report`: refusals of one caller for one audience in the window
+    /// that make it a finding.
+    #[serde(default = "default_policy_report_min_denials")]
+    pub policy_report_min_denials: u64,
+    /// Anomaly `new_audience`: raised for callers first seen at least this long ago.
+    #[serde(
+        default = "default_anomaly_new_audience_after",
+        deserialize_with = "duration"
+    )]
+    pub anomaly_new_audience_after: Duration,
+    /// Anomaly `rate_spike`: the window a caller's token rate is counted over.
+    #[serde(default = "default_anomaly_window", deserialize_with = "duration")]
+    pub anomaly_rate_window: Duration,
+    /// Anomaly `rate_spike`: tokens in one window above this multiple of the caller's
+    /// moving average (EWMA)…
+    #[serde(default = "default_anomaly_rate_factor")]
+    pub anomaly_rate_factor: u32,
+    /// …and above this many.
+    #[serde(default = "default_anomaly_rate_min")]
+    pub anomaly_rate_min: u32,
+    /// Anomalies `attestation_failures` and `replays`: the window they are counted over.
+    #[serde(default = "default_anomaly_window", deserialize_with = "duration")]
+    pub anomaly_burst_window: Duration,
+    /// Anomaly `attestation_failures`: failures in one burst window that raise it.
+    #[serde(default = "default_anomaly_attestation_failures")]
+    pub anomaly_attestation_failures: u32,
+    /// Anomaly `replays`: replayed assertions and tokens in one burst window.
+    #[serde(default = "default_anomaly_replays")]
+    pub anomaly_replays: u32,
 }
 
 /// How the issuer writes its logs (to stderr). Also `serve --log-format`.
@@ -268,6 +321,46 @@ fn default_http2_max_concurrent_streams() -> u32 {
     100
 }
 
+fn default_graph_max_edges() -> usize {
+    10_000
+}
+
+fn default_graph_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+fn default_policy_report_window() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn default_policy_report_min_denials() -> u64 {
+    10
+}
+
+fn default_anomaly_new_audience_after() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_anomaly_window() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_anomaly_rate_factor() -> u32 {
+    5
+}
+
+fn default_anomaly_rate_min() -> u32 {
+    100
+}
+
+fn default_anomaly_attestation_failures() -> u32 {
+    20
+}
+
+fn default_anomaly_replays() -> u32 {
+    5
+}
+
 fn default_jwks_max_age() -> Duration {
     Duration::from_secs(300)
 }
@@ -348,6 +441,17 @@ impl Default for Config {
             jwks_max_age: default_jwks_max_age(),
             rotation_period: default_rotation_period(),
             log_format: LogFormat::Auto,
+            graph_max_edges: default_graph_max_edges(),
+            graph_retention: default_graph_retention(),
+            policy_report_window: default_policy_report_window(),
+            policy_report_min_denials: default_policy_report_min_denials(),
+            anomaly_new_audience_after: default_anomaly_new_audience_after(),
+            anomaly_rate_window: default_anomaly_window(),
+            anomaly_rate_factor: default_anomaly_rate_factor(),
+            anomaly_rate_min: default_anomaly_rate_min(),
+            anomaly_burst_window: default_anomaly_window(),
+            anomaly_attestation_failures: default_anomaly_attestation_failures(),
+            anomaly_replays: default_anomaly_replays(),
         }
     }
 }
@@ -443,6 +547,7 @@ impl Config {
             });
         }
         self.validate_limits()?;
+        self.validate_visibility()?;
         if self.jwks_max_age.is_zero() || self.jwks_max_age > Duration::from_secs(86400) {
             return Err(ConfigError::Range {
                 key: "jwks_max_age",
@@ -523,6 +628,91 @@ impl Config {
             (1..=10_000).contains(&self.http2_max_concurrent_streams),
             "must be between 1 and 10000",
         )
+    }
+
+    /// The call graph's bounds and the anomaly thresholds.
+    fn validate_visibility(&self) -> Result<(), ConfigError> {
+        let range = |key: &'static str, ok: bool, problem: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Range {
+                    key,
+                    problem: problem.to_owned(),
+                })
+            }
+        };
+        let hours = |d: Duration, min_s: u64, max_h: u64| {
+            d >= Duration::from_secs(min_s) && d <= Duration::from_secs(max_h * 3600)
+        };
+        range(
+            "graph_max_edges",
+            (16..=1_000_000).contains(&self.graph_max_edges),
+            "must be between 16 and 1000000",
+        )?;
+        range(
+            "graph_retention",
+            hours(self.graph_retention, 3600, 400 * 24),
+            "must be between 1h and 400days",
+        )?;
+        range(
+            "policy_report_window",
+            hours(self.policy_report_window, 60, 400 * 24),
+            "must be between 1m and 400days",
+        )?;
+        range(
+            "policy_report_min_denials",
+            self.policy_report_min_denials >= 1,
+            "must be at least 1",
+        )?;
+        range(
+            "anomaly_new_audience_after",
+            hours(self.anomaly_new_audience_after, 0, 400 * 24),
+            "must be between 0s and 400days",
+        )?;
+        range(
+            "anomaly_rate_window",
+            hours(self.anomaly_rate_window, 1, 24),
+            "must be between 1s and 24h",
+        )?;
+        range(
+            "anomaly_rate_factor",
+            (2..=1000).contains(&self.anomaly_rate_factor),
+            "must be between 2 and 1000",
+        )?;
+        range(
+            "anomaly_rate_min",
+            self.anomaly_rate_min >= 1,
+            "must be at least 1",
+        )?;
+        range(
+            "anomaly_burst_window",
+            hours(self.anomaly_burst_window, 1, 24),
+            "must be between 1s and 24h",
+        )?;
+        range(
+            "anomaly_attestation_failures",
+            self.anomaly_attestation_failures >= 1,
+            "must be at least 1",
+        )?;
+        range(
+            "anomaly_replays",
+            self.anomaly_replays >= 1,
+            "must be at least 1",
+        )
+    }
+
+    /// The anomaly thresholds.
+    pub fn anomaly_thresholds(&self) -> crate::visibility::AnomalyThresholds {
+        crate::visibility::AnomalyThresholds {
+            new_audience_after: self.anomaly_new_audience_after,
+            rate_window: self.anomaly_rate_window,
+            rate_factor: self.anomaly_rate_factor,
+            rate_min: self.anomaly_rate_min,
+            burst_window: self.anomaly_burst_window,
+            attestation_failures: self.anomaly_attestation_failures,
+            replays: self.anomaly_replays,
+        }
     }
 
     /// What the listeners enforce on every connection.
@@ -612,6 +802,35 @@ impl Config {
                 None => "rotation_period = \"off\"".to_owned(),
             },
             format!("log_format = \"{}\"", self.log_format.as_str()),
+            format!("graph_max_edges = {}", self.graph_max_edges),
+            format!("graph_retention = {}", duration(self.graph_retention)),
+            format!(
+                "policy_report_window = {}",
+                duration(self.policy_report_window)
+            ),
+            format!(
+                "policy_report_min_denials = {}",
+                self.policy_report_min_denials
+            ),
+            format!(
+                "anomaly_new_audience_after = {}",
+                duration(self.anomaly_new_audience_after)
+            ),
+            format!(
+                "anomaly_rate_window = {}",
+                duration(self.anomaly_rate_window)
+            ),
+            format!("anomaly_rate_factor = {}", self.anomaly_rate_factor),
+            format!("anomaly_rate_min = {}", self.anomaly_rate_min),
+            format!(
+                "anomaly_burst_window = {}",
+                duration(self.anomaly_burst_window)
+            ),
+            format!(
+                "anomaly_attestation_failures = {}",
+                self.anomaly_attestation_failures
+            ),
+            format!("anomaly_replays = {}", self.anomaly_replays),
         ]);
         let mut text = lines.join("\n");
         text.push('\n');
@@ -708,6 +927,30 @@ rotation_period = "30days"
 # Logs go to stderr: "json" (one object per line), "text", or "auto" (text on a
 # terminal, JSON otherwise). RUST_LOG filters them (default "info").
 log_format = "auto"
+
+# Visibility (docs/visibility.md), read through the admin socket only. The call graph
+# keeps one record per (caller, audience, scope) edge, at most graph_max_edges, and
+# drops edges unseen for graph_retention.
+graph_max_edges = 10000
+graph_retention = "30days"
+# `baton policy report`: a rule that granted nothing within the window is unused; a
+# caller refused this many times for one audience within it is a finding.
+policy_report_window = "7days"
+policy_report_min_denials = 10
+
+# Anomaly signals: each an audit event (event = "anomaly") and a count in
+# baton_anomalies_total{{kind}}. new_audience: a caller first seen at least
+# anomaly_new_audience_after ago mints for an audience it never used. rate_spike:
+# a caller mints more than anomaly_rate_factor times its moving average, and more
+# than anomaly_rate_min, within one anomaly_rate_window. attestation_failures and
+# replays: that many within one anomaly_burst_window.
+anomaly_new_audience_after = "1h"
+anomaly_rate_window = "1m"
+anomaly_rate_factor = 5
+anomaly_rate_min = 100
+anomaly_burst_window = "1m"
+anomaly_attestation_failures = 20
+anomaly_replays = 5
 "#,
             listen = default_listen(),
             token = DEFAULT_TOKEN_TTL_SECS,
@@ -825,6 +1068,17 @@ mod tests {
             jwks_max_age = "2m"
             rotation_period = "10days"
             log_format = "json"
+            graph_max_edges = 500
+            graph_retention = "2days"
+            policy_report_window = "3days"
+            policy_report_min_denials = 4
+            anomaly_new_audience_after = "10m"
+            anomaly_rate_window = "30s"
+            anomaly_rate_factor = 7
+            anomaly_rate_min = 50
+            anomaly_burst_window = "2m"
+            anomaly_attestation_failures = 9
+            anomaly_replays = 3
         "#;
         let config = Config::from_toml(text, no_env()).unwrap();
         assert_ne!(config, Config::default());

@@ -77,6 +77,13 @@ pub const CONNECTIONS_CLOSED: &str = "baton_connections_closed_total";
 pub const CONNECTION_LIMIT_WAITS: &str = "baton_connection_limit_waits_total";
 /// Outstanding join tokens revoked (`baton join-tokens revoke`).
 pub const JOIN_TOKENS_REVOKED: &str = "baton_join_tokens_revoked_total";
+/// Anomaly signals raised (docs/operations.md). Label: `kind` (`new_audience` |
+/// `rate_spike` | `attestation_failures` | `replays`).
+pub const ANOMALIES: &str = "baton_anomalies_total";
+/// Edges in the call graph (embedded: at each flush; distributed: at each read).
+pub const GRAPH_EDGES: &str = "baton_graph_edges";
+/// Call-graph records not kept because the graph was full of edges ranking above them.
+pub const GRAPH_EDGES_DROPPED: &str = "baton_graph_edges_dropped_total";
 
 /// Counts one replay attempt of `kind` (`access_token` | `client_assertion`).
 pub fn replay_attempt(kind: &'static str) {

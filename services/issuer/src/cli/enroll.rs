@@ -143,6 +143,12 @@ fn certificate(ctx: &Context, args: &EnrollArgs) -> anyhow::Result<()> {
     };
     let svid_path = write("svid.pem", svid.pem().as_bytes(), Mode::Public)?;
     let bundle_path = write("bundle.pem", store.bundle_pem().as_bytes(), Mode::Public)?;
+    super::visibility::record_enrollment(
+        ctx,
+        &args.id,
+        svid.not_after.unix_timestamp(),
+        now.unix_timestamp(),
+    );
 
     if args.json {
         return print_json(&json!({

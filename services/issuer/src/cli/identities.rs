@@ -1,5 +1,5 @@
-//! `baton identities revoke SPIFFE_ID [--json]` (SPEC §9): the identity deny list of
-//! the running issuer.
+//! `baton identities revoke SPIFFE_ID [--json]` and `baton identities list [--json]`
+//! (SPEC §9): the identity deny list and inventory of the running issuer.
 
 use baton_issuer::admin::Request;
 use baton_proto::SpiffeId;
@@ -19,6 +19,9 @@ enum IdentitiesCommand {
     /// data directory): it gets no new token, and its outstanding tokens introspect
     /// inactive.
     Revoke(RevokeArgs),
+    /// Every enrolled or seen identity: certificate expiry, last token, outstanding
+    /// join tokens, deny status (admin socket only).
+    List(super::visibility::ListArgs),
 }
 
 #[derive(Debug, Args)]
@@ -33,6 +36,7 @@ struct RevokeArgs {
 pub(super) fn run(ctx: &Context, args: IdentitiesArgs) -> anyhow::Result<()> {
     match args.command {
         IdentitiesCommand::Revoke(args) => revoke(ctx, &args),
+        IdentitiesCommand::List(args) => super::visibility::list_identities(ctx, &args),
     }
 }
 

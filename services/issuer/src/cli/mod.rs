@@ -11,6 +11,7 @@ mod keys;
 mod policy;
 mod serve;
 mod token;
+mod visibility;
 
 use std::path::PathBuf;
 
@@ -45,7 +46,8 @@ enum Command {
     /// Issue a workload certificate (X.509-SVID), or a join token for a function to
     /// fetch its first certificate itself.
     Enroll(enroll::EnrollArgs),
-    /// Workload identities: revoke one on the running issuer (deny list).
+    /// Workload identities of the running issuer: list the inventory, revoke one
+    /// (deny list).
     Identities(identities::IdentitiesArgs),
     /// Outstanding join tokens of the running issuer: list, revoke.
     JoinTokens(join_tokens::JoinTokensArgs),
@@ -53,13 +55,20 @@ enum Command {
     Keys(keys::KeysArgs),
     /// The key-encryption key that seals every private key at rest: rotate, verify.
     Kek(kek::KekArgs),
-    /// Check a token policy file, or reload the running issuer's policy (SPEC §6).
+    /// Check a token policy file, reload the running issuer's policy (SPEC §6), or
+    /// report where it grants more than is used.
     Policy(policy::PolicyArgs),
     /// Run the issuer. On a fresh machine it first initializes a dev trust domain
     /// (example.org) in the data directory and listens on loopback only.
     Serve(serve::ServeArgs),
     /// Caller- and callee-side token helpers.
     Token(token::TokenArgs),
+    /// The running issuer's live call graph: who asks for tokens for whom, with
+    /// counts, denials and last use (admin socket only).
+    Graph(visibility::GraphArgs),
+    /// Write one self-contained HTML report: the call graph as SVG, the identity
+    /// inventory, the least-privilege report and recent anomalies (admin socket only).
+    Report(visibility::ReportArgs),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
@@ -77,6 +86,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(args) => policy::run(&ctx, args),
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Token(args) => token::run(args),
+        Command::Graph(args) => visibility::graph(&ctx, &args),
+        Command::Report(args) => visibility::report(&ctx, &args),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `baton policy check FILE [--trust-domain TD] [--json]` and `baton policy reload
-//! [--json]`.
+//! `baton policy check FILE [--trust-domain TD] [--json]`, `baton policy reload
+//! [--json]` and `baton policy report [--window D] [--min-denials N] [--json]`.
 
 use std::path::PathBuf;
 
@@ -26,6 +26,10 @@ enum PolicyCommand {
     /// Make the running issuer reread its policy file, as SIGHUP does: a valid policy
     /// is put in force; an invalid one is refused (exit 1) and the old one stays.
     Reload(ReloadArgs),
+    /// Least privilege, from the running issuer's call graph: rules unused in the
+    /// window, rules broader than their use, callers that keep being refused — each
+    /// with a concrete narrower (or added) rule.
+    Report(super::visibility::PolicyReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +56,7 @@ pub(super) fn run(ctx: &Context, args: PolicyArgs) -> anyhow::Result<()> {
     match args.command {
         PolicyCommand::Check(args) => check(&args),
         PolicyCommand::Reload(args) => reload(ctx, &args),
+        PolicyCommand::Report(args) => super::visibility::policy_report(ctx, &args),
     }
 }
 

@@ -24,6 +24,8 @@ use baton_issuer::server::listener::Connections;
 use baton_issuer::server::{self, Issuer, RateLimiter};
 use baton_issuer::shared::{self, SharedStore};
 use baton_issuer::svid::SvidIssuer;
+use baton_issuer::visibility::redis::RedisGraph;
+use baton_issuer::visibility::{Backend, GRAPH_FILE, Visibility};
 use baton_proto::TrustDomain;
 use baton_proto::metadata::TOKEN_PATH;
 use clap::Args;
@@ -40,6 +42,9 @@ const DEV_TRUST_DOMAIN: &str = "example.org";
 const LEDGER_CAPACITY: usize = 1_000_000;
 /// How long in-flight requests may finish after SIGTERM.
 const GRACE: Duration = Duration::from_secs(10);
+/// How often the call graph is written to its store (and, distributed, how stale the
+/// graph other replicas read may be).
+const VISIBILITY_FLUSH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -270,6 +275,7 @@ async fn serve(ctx: &Context, mut config: Config) -> anyhow::Result<()> {
     let svids = SvidIssuer::new(Arc::clone(&store), ledger, config.svid_ttl)
         .with_join_tokens(join_tokens.clone());
     let health = Arc::new(StoreHealth::new(now().unix_timestamp()));
+    let visibility = open_visibility(&config, &ctx.data_dir, shared.as_ref()).await;
     let mut issuer_state = Issuer::new(
         issuer.clone(),
         keyring,
@@ -283,7 +289,8 @@ async fn serve(ctx: &Context, mut config: Config) -> anyhow::Result<()> {
     )
     .with_enrollment(svids, config.svid_rate_limit)
     .with_introspect_rate_limit(config.introspect_rate_limit)
-    .with_max_body_bytes(config.max_body_bytes);
+    .with_max_body_bytes(config.max_body_bytes)
+    .with_visibility(Arc::clone(&visibility));
     if shared.is_some() {
         issuer_state = issuer_state.with_store_health(Arc::clone(&health));
     }
@@ -324,7 +331,15 @@ async fn serve(ctx: &Context, mut config: Config) -> anyhow::Result<()> {
             Arc::new(
                 AdminOps::new(deny, policy.clone(), td.clone())
                     .with_keys(Arc::clone(&keys))
-                    .with_join_tokens(join_tokens),
+                    .with_join_tokens(join_tokens)
+                    .with_visibility(
+                        Arc::clone(&visibility),
+                        shared
+                            .as_ref()
+                            .map_or_else(|| "embedded".to_owned(), |s| s.url().to_owned()),
+                        config.policy_report_window,
+                        config.policy_report_min_denials,
+                    ),
             ),
             stop_rx.clone(),
         ),
@@ -384,6 +399,7 @@ async fn serve(ctx: &Context, mut config: Config) -> anyhow::Result<()> {
         );
     }
 
+    let visibility_task = tokio::spawn(visibility_upkeep(visibility, stop_rx.clone()));
     tokio::spawn(signals(
         handlers,
         stop_tx,
@@ -408,6 +424,8 @@ async fn serve(ctx: &Context, mut config: Config) -> anyhow::Result<()> {
     // other way, stop it here. Either way it removes its socket file as it ends.
     admin_task.abort();
     let _ = admin_task.await;
+    // Its last flush: what was recorded since the previous one is kept.
+    let _ = visibility_task.await;
     info!("stopped");
     Ok(())
 }
@@ -451,6 +469,81 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+}
+
+/// The call graph's records, in the data directory or the distributed store, loaded
+/// with what the store holds. A store that cannot be read leaves the graph empty (it
+/// records use; it decides nothing), with a warning.
+async fn open_visibility(
+    config: &Config,
+    data_dir: &DataDir,
+    shared: Option<&SharedStore>,
+) -> Arc<Visibility> {
+    let backend = match shared {
+        Some(shared) => Backend::Redis(RedisGraph::new(
+            shared.clone(),
+            config.graph_max_edges,
+            config.graph_retention,
+        )),
+        None => Backend::Embedded {
+            path: data_dir.root().join(GRAPH_FILE),
+        },
+    };
+    let visibility = Arc::new(Visibility::new(
+        backend,
+        config.graph_max_edges,
+        config.graph_retention,
+        config.anomaly_thresholds(),
+    ));
+    let task = Arc::clone(&visibility);
+    match tokio::task::spawn_blocking(move || task.load(now().unix_timestamp())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "cannot read the call graph; it starts empty"),
+        Err(e) => warn!(error = %e, "reading the call graph panicked; it starts empty"),
+    }
+    visibility
+}
+
+/// Flushes the call graph to its store every few seconds, relearns the anomaly
+/// baselines from it every minute (distributed: what the other replicas saw), and
+/// flushes once more on the stop signal.
+async fn visibility_upkeep(
+    visibility: Arc<Visibility>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut flushes = tokio::time::interval(VISIBILITY_FLUSH);
+    let mut refreshes = tokio::time::interval(Duration::from_secs(60));
+    refreshes.tick().await;
+    loop {
+        tokio::select! {
+            _ = flushes.tick() => {
+                let task = Arc::clone(&visibility);
+                match tokio::task::spawn_blocking(move || task.flush(now().unix_timestamp())).await {
+                    Ok(Ok(())) => {}
+                    // Kept in memory within its bound; the next flush tries again.
+                    Ok(Err(e)) => warn!(error = %e, "cannot flush the call graph"),
+                    Err(e) => warn!(error = %e, "flushing the call graph panicked"),
+                }
+            }
+            _ = refreshes.tick() => {
+                let task = Arc::clone(&visibility);
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || task.refresh(now().unix_timestamp())).await {
+                    warn!(error = %e, "cannot read the call graph from the store");
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    let task = Arc::clone(&visibility);
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || task.flush(now().unix_timestamp())).await
+    {
+        warn!(error = %e, "cannot flush the call graph at shutdown");
+    }
 }
 
 async fn signals(

@@ -35,6 +35,14 @@ pub(super) async fn attest(
     result.map_err(|e: AttestError| {
         metrics::counter!(m::ATTESTATION_FAILURES, "method" => method.as_str(), "reason" => e.reason())
             .increment(1);
+        if let Some(v) = state.visibility() {
+            match e {
+                AttestError::Replayed => v.replayed(None, now),
+                // An outage of the ledger is not a caller failing to prove itself.
+                _ if e.is_unavailable() => {}
+                _ => v.attestation_failed(now),
+            }
+        }
         ApiError::from(e)
     })
 }

@@ -72,6 +72,9 @@ pub(super) async fn introspect(
                 .increment(1);
             if reason == InactiveReason::Replayed {
                 m::replay_attempt("access_token");
+                if let Some(v) = state.visibility() {
+                    v.replayed(Some(&caller.id), super::unix_now());
+                }
                 audit::replayed(&caller.id, "access_token", claims);
             }
             audit::introspected(&caller.id, claims, false, reason.reason());

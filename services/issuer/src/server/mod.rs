@@ -42,6 +42,7 @@ use crate::metrics as m;
 use crate::policy::PolicyStore;
 use crate::replica::StoreHealth;
 use crate::svid::SvidIssuer;
+use crate::visibility::Visibility;
 
 /// The keyring with the documents that publish it, swapped as one on every rotation
 /// so that a request sees one consistent generation.
@@ -96,6 +97,8 @@ pub struct Issuer {
     store_health: Option<Arc<StoreHealth>>,
     /// Largest request body read (413 beyond it).
     max_body_bytes: usize,
+    /// The call graph and anomaly signals; absent, nothing is recorded.
+    visibility: Option<Arc<Visibility>>,
 }
 
 /// What `POST /v1/svid` needs beside attestation: the CA and join tokens, and its own
@@ -138,7 +141,20 @@ impl Issuer {
             enrollment: None,
             store_health: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            visibility: None,
         }
+    }
+
+    /// Records every token request of an attested caller in `visibility`'s call graph,
+    /// and feeds its anomaly signals.
+    pub fn with_visibility(mut self, visibility: Arc<Visibility>) -> Self {
+        self.visibility = Some(visibility);
+        self
+    }
+
+    /// The call graph and anomaly signals, when recorded.
+    pub fn visibility(&self) -> Option<&Visibility> {
+        self.visibility.as_deref()
     }
 
     /// Reads request bodies up to `bytes` (default [`DEFAULT_MAX_BODY_BYTES`]); a

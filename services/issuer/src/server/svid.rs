@@ -122,6 +122,9 @@ async fn issue(
         .map_err(|e| refuse(Some(&id), method)(svid_error(e)))?;
     metrics::counter!(m::SVIDS_ISSUED, "method" => proof).increment(1);
     audit::svid_issued(&issued, proof);
+    if let Some(v) = state.visibility() {
+        v.enrolled(&id, issued.not_after.unix_timestamp(), super::unix_now());
+    }
     let body = SvidResponse {
         svid: issued.chain_pem,
         bundle: svid.bundle_pem().to_owned(),

@@ -39,6 +39,19 @@ pub(super) async fn token(
         Ok(response) => response,
         Err((caller, e)) => {
             metrics::counter!(m::TOKEN_DENIALS, "reason" => e.reason()).increment(1);
+            // An edge needs an attested caller; the audience is recorded as asked, but
+            // only once it is a SPIFFE ID (anything else never reaches policy).
+            if let (Some(v), Some(caller)) = (state.visibility(), caller.as_ref())
+                && req.audience.parse::<SpiffeId>().is_ok()
+            {
+                v.denied(
+                    caller,
+                    &req.audience,
+                    req.scope.as_deref(),
+                    e.reason(),
+                    unix_now(),
+                );
+            }
             audit::denied(caller.as_ref(), audience, e.code().as_str(), e.reason());
             e.into_response()
         }
@@ -119,6 +132,16 @@ async fn issue(
         m::token_minted(key.alg(), caller.method, start.elapsed());
         audit::issued(&spec, &minted.jti, minted.exp, method, grant.rule);
         tokens.push(minted.token);
+    }
+    if let Some(v) = state.visibility() {
+        v.issued(
+            &caller.id,
+            &audience,
+            grant.scope.as_deref(),
+            u32::from(count),
+            caller.cert_not_after,
+            now,
+        );
     }
 
     let expires_in = grant.ttl.as_secs();

@@ -5,6 +5,10 @@
 
 pub mod graph;
 pub mod html;
+pub mod inventory;
 pub mod least_privilege;
 pub mod model;
+mod recorder;
 pub mod redis;
+
+pub use recorder::{AnomalyThresholds, Backend, GRAPH_FILE, Visibility, VisibilityError};
