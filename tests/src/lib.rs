@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod chromium;
 mod redis;
 pub use redis::{RedisSentinel, RedisServer};
 

@@ -1,11 +1,14 @@
 //! The admin socket (SPEC §9): a Unix socket `<data-dir>/admin.sock`, mode 0600 in a
 //! 0700 directory, through which `baton identities revoke` and `baton policy reload`
-//! (and the `keys` and `join-tokens` commands) reach the running issuer. The file system is the authentication: whoever can open
-//! the socket is the issuer's own user (or root).
+//! (and the `keys` and `join-tokens` commands) reach the running issuer. The file
+//! system is the authentication: whoever can open the socket is the issuer's own user
+//! (or root). It is also the only way to the visibility views (`baton graph`,
+//! `identities list`, `policy report`, `report --html`): they reveal the system's
+//! shape, so no HTTP listener serves them.
 //!
 //! Protocol: the client sends one JSON object on one line (at most
-//! [`MAX_LINE_BYTES`]), the issuer answers one JSON object on one line and closes the
-//! connection.
+//! [`MAX_LINE_BYTES`]), the issuer answers one JSON object on one line (a client reads
+//! at most [`MAX_REPLY_BYTES`]: a whole call graph) and closes the connection.
 //!
 //! ```text
 //! → {"command":"identities.revoke","id":"spiffe://example.org/fn/orders"}
