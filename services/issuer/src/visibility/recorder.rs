@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -198,6 +199,8 @@ pub struct Visibility {
     replays: Mutex<Burst>,
     /// Serializes flushes (the upkeep task and an admin read may overlap).
     flushing: Mutex<()>,
+    /// Set by every record; an embedded flush with nothing new writes nothing.
+    dirty: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -253,6 +256,7 @@ impl Visibility {
             failures: Mutex::new(Burst::default()),
             replays: Mutex::new(Burst::default()),
             flushing: Mutex::new(()),
+            dirty: AtomicBool::new(false),
         }
     }
 
@@ -295,6 +299,16 @@ impl Visibility {
         }
     }
 
+    /// The shard of `caller`'s records, for a change to them.
+    fn shard_mut(&self, caller: &str) -> MutexGuard<'_, Shard> {
+        // Read first: every request writing the flag would bounce its cache line
+        // between cores.
+        if !self.dirty.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        self.shard(caller)
+    }
+
     fn shard(&self, caller: &str) -> MutexGuard<'_, Shard> {
         let i = self.hasher.hash_one(caller) as usize & (SHARDS - 1);
         lock(&self.shards[i])
@@ -322,7 +336,7 @@ impl Visibility {
         let t = &self.thresholds;
         let mut raised = Vec::new();
         {
-            let mut shard = self.shard(caller.as_str());
+            let mut shard = self.shard_mut(caller.as_str());
             if shard.graph.record(edge, EdgeEvent::Issued(count), now) == Recorded::Dropped {
                 metrics::counter!(crate::metrics::GRAPH_EDGES_DROPPED).increment(1);
             }
@@ -396,7 +410,7 @@ impl Visibility {
             audience,
             scope: &scope,
         };
-        let mut shard = self.shard(caller.as_str());
+        let mut shard = self.shard_mut(caller.as_str());
         if shard
             .graph
             .record(edge, EdgeEvent::Denied(denial_index(reason)), now)
@@ -408,7 +422,7 @@ impl Visibility {
 
     /// A certificate valid until `not_after` was issued to `id`.
     pub fn enrolled(&self, id: &SpiffeId, not_after: i64, now: i64) {
-        self.shard(id.as_str())
+        self.shard_mut(id.as_str())
             .graph
             .enrolled(id.as_str(), not_after, now);
     }
@@ -478,17 +492,24 @@ impl Visibility {
         let cutoff = now - self.retention.as_secs() as i64;
         match &self.backend {
             Backend::Embedded { path } => {
+                // Pruning alone changes nothing worth a write before the next record.
+                if !self.dirty.swap(false, Ordering::Relaxed) {
+                    return Ok(());
+                }
                 let mut whole = Graph::new(self.max_edges);
                 for shard in &self.shards[..] {
                     let mut shard = lock(shard);
                     shard.graph.prune(cutoff);
                     let Shard { graph, callers } = &mut *shard;
-                    callers.retain(|caller, _| graph.edges().any(|(k, _)| k.caller == *caller));
+                    let kept: HashSet<&str> = graph.edges().map(|(k, _)| &*k.caller).collect();
+                    callers.retain(|caller, _| kept.contains(&**caller));
                     whole.merge(&shard.graph);
                 }
                 metrics::gauge!(crate::metrics::GRAPH_EDGES).set(whole.len() as f64);
                 let json = serde_json::to_vec(&whole.to_file()).unwrap_or_default();
                 fsio::write_atomic(path, &json, Mode::Private).map_err(|source| {
+                    // Still to be written: the next flush tries again.
+                    self.dirty.store(true, Ordering::Relaxed);
                     VisibilityError::Io {
                         path: path.clone(),
                         source,
@@ -714,6 +735,15 @@ mod tests {
         );
         v.enrolled(&c, 9000, 102);
         v.flush(200).unwrap();
+        // A flush with nothing new writes nothing; the next record is written.
+        let file = dir.path().join(GRAPH_FILE);
+        let written = std::fs::read(&file).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        v.flush(205).unwrap();
+        assert!(!file.exists());
+        v.enrolled(&c, 9000, 102);
+        v.flush(210).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), written);
         drop(v);
 
         let v = visibility(dir.path(), AnomalyThresholds::default());
