@@ -235,6 +235,18 @@ impl LogFormat {
     }
 }
 
+/// `Ok` when `ok`, else the range error of `key`.
+fn in_range(key: &'static str, ok: bool, problem: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Range {
+            key,
+            problem: problem.to_owned(),
+        })
+    }
+}
+
 /// Largest `max_body_bytes`.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Largest `max_connections`.
@@ -574,56 +586,46 @@ impl Config {
     /// The connection and request limits (docs/limits.md): each within a range that
     /// keeps the issuer serving and bounds what one client can hold.
     fn validate_limits(&self) -> Result<(), ConfigError> {
-        let range = |key: &'static str, ok: bool, problem: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Range {
-                    key,
-                    problem: problem.to_owned(),
-                })
-            }
-        };
         let within = |d: Duration, min_ms: u64, max_s: u64| {
             d >= Duration::from_millis(min_ms) && d <= Duration::from_secs(max_s)
         };
-        range(
+        in_range(
             "max_body_bytes",
             (1024..=MAX_BODY_BYTES).contains(&self.max_body_bytes),
             "must be between 1024 and 16777216 (16 MiB)",
         )?;
-        range(
+        in_range(
             "max_connections",
             (1..=MAX_CONNECTIONS).contains(&self.max_connections),
             "must be between 1 and 1000000",
         )?;
-        range(
+        in_range(
             "tls_handshake_timeout",
             within(self.tls_handshake_timeout, 100, 60),
             "must be between 100ms and 60s",
         )?;
-        range(
+        in_range(
             "header_read_timeout",
             within(self.header_read_timeout, 100, 60),
             "must be between 100ms and 60s",
         )?;
-        range(
+        in_range(
             "idle_timeout",
             within(self.idle_timeout, 100, 3600),
             "must be between 100ms and 1h",
         )?;
         // hyper's HTTP/1 read buffer, which bounds the head, is at least 8 KiB.
-        range(
+        in_range(
             "max_header_bytes",
             (8192..=1024 * 1024).contains(&self.max_header_bytes),
             "must be between 8192 and 1048576 (1 MiB)",
         )?;
-        range(
+        in_range(
             "max_headers",
             (1..=1000).contains(&self.max_headers),
             "must be between 1 and 1000",
         )?;
-        range(
+        in_range(
             "http2_max_concurrent_streams",
             (1..=10_000).contains(&self.http2_max_concurrent_streams),
             "must be between 1 and 10000",
@@ -632,70 +634,60 @@ impl Config {
 
     /// The call graph's bounds and the anomaly thresholds.
     fn validate_visibility(&self) -> Result<(), ConfigError> {
-        let range = |key: &'static str, ok: bool, problem: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Range {
-                    key,
-                    problem: problem.to_owned(),
-                })
-            }
-        };
         let hours = |d: Duration, min_s: u64, max_h: u64| {
             d >= Duration::from_secs(min_s) && d <= Duration::from_secs(max_h * 3600)
         };
-        range(
+        in_range(
             "graph_max_edges",
             (16..=1_000_000).contains(&self.graph_max_edges),
             "must be between 16 and 1000000",
         )?;
-        range(
+        in_range(
             "graph_retention",
             hours(self.graph_retention, 3600, 400 * 24),
             "must be between 1h and 400days",
         )?;
-        range(
+        in_range(
             "policy_report_window",
             hours(self.policy_report_window, 60, 400 * 24),
             "must be between 1m and 400days",
         )?;
-        range(
+        in_range(
             "policy_report_min_denials",
             self.policy_report_min_denials >= 1,
             "must be at least 1",
         )?;
-        range(
+        in_range(
             "anomaly_new_audience_after",
             hours(self.anomaly_new_audience_after, 0, 400 * 24),
             "must be between 0s and 400days",
         )?;
-        range(
+        in_range(
             "anomaly_rate_window",
             hours(self.anomaly_rate_window, 1, 24),
             "must be between 1s and 24h",
         )?;
-        range(
+        in_range(
             "anomaly_rate_factor",
             (2..=1000).contains(&self.anomaly_rate_factor),
             "must be between 2 and 1000",
         )?;
-        range(
+        in_range(
             "anomaly_rate_min",
             self.anomaly_rate_min >= 1,
             "must be at least 1",
         )?;
-        range(
+        in_range(
             "anomaly_burst_window",
             hours(self.anomaly_burst_window, 1, 24),
             "must be between 1s and 24h",
         )?;
-        range(
+        in_range(
             "anomaly_attestation_failures",
             self.anomaly_attestation_failures >= 1,
             "must be at least 1",
         )?;
-        range(
+        in_range(
             "anomaly_replays",
             self.anomaly_replays >= 1,
             "must be at least 1",

@@ -3,7 +3,7 @@
 //! read over the admin socket only.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,7 +13,7 @@ use baton_issuer::shared::{self, SharedStore};
 use baton_issuer::visibility::graph::Graph;
 use baton_issuer::visibility::model::{EdgeView, GraphView, IdentityView, PolicyReport, Report};
 use baton_issuer::visibility::redis::RedisGraph;
-use baton_issuer::visibility::{GRAPH_FILE, html};
+use baton_issuer::visibility::{GRAPH_FILE, add_to_graph_file, html};
 use baton_proto::SpiffeId;
 use clap::Args;
 use serde::de::DeserializeOwned;
@@ -311,28 +311,13 @@ pub(super) fn record_enrollment(ctx: &Context, id: &SpiffeId, not_after: i64, no
                 RedisGraph::new(store, config.graph_max_edges, config.graph_retention)
                     .add(&delta, now)?;
             }
-            None => merge_into_file(&ctx.data_dir.root().join(GRAPH_FILE), &delta)?,
+            None => add_to_graph_file(&ctx.data_dir.root().join(GRAPH_FILE), &delta)?,
         }
         Ok(())
     })();
     if let Err(e) = recorded {
         eprintln!("note: the certificate is issued, but not recorded in the inventory: {e:#}");
     }
-}
-
-/// Adds `delta` to the embedded graph file while no issuer runs on it.
-fn merge_into_file(path: &Path, delta: &Graph) -> anyhow::Result<()> {
-    let file: baton_issuer::visibility::graph::GraphFile = match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a call graph file", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let mut graph = Graph::from_file(file, delta.max_edges());
-    graph.merge(delta);
-    let json = serde_json::to_vec(&graph.to_file())?;
-    fsio::write_atomic(path, &json, Mode::Private)
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn time_or(t: Option<i64>, none: &str) -> String {

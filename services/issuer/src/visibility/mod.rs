@@ -11,4 +11,6 @@ pub mod model;
 mod recorder;
 pub mod redis;
 
-pub use recorder::{AnomalyThresholds, Backend, GRAPH_FILE, Visibility, VisibilityError};
+pub use recorder::{
+    AnomalyThresholds, Backend, GRAPH_FILE, Visibility, VisibilityError, add_to_graph_file,
+};

@@ -506,14 +506,9 @@ impl Visibility {
                     whole.merge(&shard.graph);
                 }
                 metrics::gauge!(crate::metrics::GRAPH_EDGES).set(whole.len() as f64);
-                let json = serde_json::to_vec(&whole.to_file()).unwrap_or_default();
-                fsio::write_atomic(path, &json, Mode::Private).map_err(|source| {
+                write_graph_file(path, &whole).inspect_err(|_| {
                     // Still to be written: the next flush tries again.
                     self.dirty.store(true, Ordering::Relaxed);
-                    VisibilityError::Io {
-                        path: path.clone(),
-                        source,
-                    }
                 })
             }
             Backend::Redis(redis) => {
@@ -571,6 +566,22 @@ impl Visibility {
         }
         Ok(())
     }
+}
+
+/// Adds `delta` to the embedded graph file `path`, for a command run while no issuer
+/// runs on the data directory (`baton enroll`). Blocking I/O.
+pub fn add_to_graph_file(path: &std::path::Path, delta: &Graph) -> Result<(), VisibilityError> {
+    let mut graph = read_graph_file(path, delta.max_edges());
+    graph.merge(delta);
+    write_graph_file(path, &graph)
+}
+
+fn write_graph_file(path: &std::path::Path, graph: &Graph) -> Result<(), VisibilityError> {
+    let json = serde_json::to_vec(&graph.to_file()).unwrap_or_default();
+    fsio::write_atomic(path, &json, Mode::Private).map_err(|source| VisibilityError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Reads the embedded graph file; a missing one is an empty graph, an unreadable one
